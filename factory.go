@@ -1,0 +1,300 @@
+package sqlite
+
+import (
+	"bytes"
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"net/url"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+
+	gosqlite "github.com/glebarez/go-sqlite"
+	"github.com/glebarez/sqlite"
+	"gorm.io/gorm"
+	"gorm.io/gorm/logger"
+	sqlite3 "modernc.org/sqlite/lib"
+	metastorage "schneider.vip/retryspool/storage/meta"
+
+	"schneider.vip/retryspool/storage/meta/sqlite/repository"
+)
+
+// FactoryName is what Factory.Name returns.
+const FactoryName = "sqlite-meta"
+
+// Repository is the backend Create returns: a metastorage.Backend and
+// metastorage.StateCounterBackend with batch and queue operations beyond the
+// contract.
+type Repository = repository.Repository
+
+// Errors of the library, matched with errors.Is.
+var (
+	ErrInvalidInput   = repository.ErrInvalidInput
+	ErrBusy           = repository.ErrBusy
+	ErrSchemaTooNew   = repository.ErrSchemaTooNew
+	ErrForeignTable   = repository.ErrForeignTable
+	ErrIteratorClosed = repository.ErrIteratorClosed
+
+	// ErrNotDatabase reports a database path whose file is not a SQLite
+	// database, or is truncated or corrupt. The file is left untouched.
+	ErrNotDatabase = errors.New("not a usable SQLite database")
+	// ErrPath reports a database path that cannot be used: a directory, a
+	// read-only file or directory, a parent that cannot be created.
+	ErrPath = errors.New("database path not usable")
+)
+
+// Factory creates metadata backends; it implements metastorage.Factory.
+type Factory struct {
+	opts []Option
+}
+
+var _ metastorage.Factory = (*Factory)(nil)
+
+// NewFactory returns a factory with the given options. Options are checked
+// by Create, which reports every problem at once.
+func NewFactory(opts ...Option) *Factory {
+	return &Factory{opts: append([]Option(nil), opts...)}
+}
+
+// Name returns "sqlite-meta".
+func (f *Factory) Name() string { return FactoryName }
+
+// Create opens the backend: the SQLite file of the options, or the
+// application's database given with WithDB, creating or upgrading the
+// schema. The result also implements metastorage.StateCounterBackend and
+// is a *Repository.
+func (f *Factory) Create() (metastorage.Backend, error) {
+	r, err := f.Open(context.Background())
+	if err != nil {
+		return nil, err
+	}
+	return r, nil
+}
+
+// Open is Create with a context and the concrete type.
+func (f *Factory) Open(ctx context.Context) (*Repository, error) {
+	c := defaultConfig()
+	for _, o := range f.opts {
+		if o != nil {
+			o(&c)
+		}
+	}
+	if err := c.validate(); err != nil {
+		return nil, fmt.Errorf("sqlite-meta: %w", err)
+	}
+	rc := repository.Config{TableName: c.tableName, Hooks: c.hooks, MaxGroupCommit: c.maxGroupCommit}
+	if c.db != nil {
+		r, err := repository.New(ctx, c.db, rc)
+		if err != nil {
+			return nil, fmt.Errorf("sqlite-meta: %w", err)
+		}
+		return r, nil
+	}
+	r, err := openFile(ctx, c, rc)
+	if err != nil {
+		return nil, fmt.Errorf("sqlite-meta: open %s: %w", c.path, err)
+	}
+	return r, nil
+}
+
+// gormConfig is how this library opens GORM: no default transaction around
+// single statements (every write here is already in one), no logging, and
+// driver errors translated where the dialector can.
+func gormConfig() *gorm.Config {
+	return &gorm.Config{
+		SkipDefaultTransaction: true,
+		Logger:                 logger.Discard,
+		TranslateError:         true,
+	}
+}
+
+// openFile opens a SQLite file with a read pool and one write connection.
+func openFile(ctx context.Context, c config, rc repository.Config) (*Repository, error) {
+	path, exists, err := checkPath(c.path)
+	if err != nil {
+		return nil, err
+	}
+	if exists {
+		// Decide on a read-only connection whether the file can be used,
+		// so that a foreign or too new database is refused unchanged.
+		if err := probe(ctx, path, c); err != nil {
+			return nil, err
+		}
+	}
+	reader, err := gorm.Open(sqlite.Open(dsn(path, c, false)), gormConfig())
+	if err != nil {
+		return nil, translateOpen(err)
+	}
+	readPool, _ := reader.DB()
+	readPool.SetMaxOpenConns(c.maxConns)
+	readPool.SetMaxIdleConns(c.maxIdle)
+
+	writer, err := gorm.Open(sqlite.Open(dsn(path, c, true)), gormConfig())
+	if err != nil {
+		readPool.Close()
+		return nil, translateOpen(err)
+	}
+	writePool, _ := writer.DB()
+	writePool.SetMaxOpenConns(1)
+	writePool.SetMaxIdleConns(1)
+	writePool.SetConnMaxIdleTime(0)
+	writePool.SetConnMaxLifetime(0)
+
+	rc.Writer = writer
+	rc.OnClose = func() error { return errors.Join(writePool.Close(), readPool.Close()) }
+	r, err := repository.New(ctx, reader, rc)
+	if err != nil {
+		return nil, translateOpen(err)
+	}
+	return r, nil
+}
+
+// dsn builds the glebarez driver's DSN. The driver applies only _pragma,
+// _txlock and _time_format (and drops _txlock when _time_format is there),
+// so every setting is a _pragma, run on each new connection in this order:
+// busy_timeout first, so that the others wait for locks, and auto_vacuum
+// before journal_mode, since SQLite applies it only before the first table
+// and WAL exist.
+func dsn(path string, c config, writer bool) string {
+	fk := "0"
+	if c.foreignKeys {
+		fk = "1"
+	}
+	q := []string{
+		"_pragma=" + url.QueryEscape("busy_timeout("+strconv.Itoa(c.busyTimeout)+")"),
+		"_pragma=" + url.QueryEscape("auto_vacuum("+c.autoVacuum+")"),
+		"_pragma=" + url.QueryEscape("journal_mode("+c.journalMode+")"),
+		"_pragma=" + url.QueryEscape("synchronous("+c.synchronous+")"),
+		"_pragma=" + url.QueryEscape("cache_size(-"+strconv.Itoa(c.cacheSize)+")"),
+		"_pragma=" + url.QueryEscape("foreign_keys("+fk+")"),
+	}
+	if writer {
+		// Write transactions take the write lock at BEGIN, where the busy
+		// timeout applies, instead of failing to upgrade a read lock later.
+		q = append(q, "_txlock=immediate")
+	}
+	return "file:" + uriPath(path) + "?" + strings.Join(q, "&")
+}
+
+// probeDSN opens the file read-only, with no pragma that could write.
+func probeDSN(path string, c config) string {
+	return "file:" + uriPath(path) + "?mode=ro&_pragma=" + url.QueryEscape("busy_timeout("+strconv.Itoa(c.busyTimeout)+")")
+}
+
+// uriPath escapes what an SQLite URI gives meaning to.
+func uriPath(p string) string {
+	return strings.NewReplacer("%", "%25", "?", "%3f", "#", "%23").Replace(filepath.ToSlash(p))
+}
+
+// sqliteHeader starts every SQLite database file.
+var sqliteHeader = []byte("SQLite format 3\x00")
+
+// checkPath makes the path absolute, creates missing parent directories and
+// refuses what SQLite would open wrongly or not at all: a directory, a
+// read-only file or directory, a file that is not a database or is cut
+// short. It reports whether the file exists with content.
+func checkPath(p string) (string, bool, error) {
+	abs, err := filepath.Abs(p)
+	if err != nil {
+		return "", false, fmt.Errorf("%w: %w", ErrPath, err)
+	}
+	dir := filepath.Dir(abs)
+	if err := os.MkdirAll(dir, 0o750); err != nil {
+		return "", false, fmt.Errorf("%w: create directory: %w", ErrPath, err)
+	}
+	di, err := os.Stat(dir)
+	if err != nil {
+		return "", false, fmt.Errorf("%w: %w", ErrPath, err)
+	}
+	if di.Mode().Perm()&0o222 == 0 {
+		return "", false, fmt.Errorf("%w: directory %s is read-only (the journal and WAL files live beside the database)", ErrPath, dir)
+	}
+	fi, err := os.Stat(abs)
+	switch {
+	case errors.Is(err, os.ErrNotExist):
+		return abs, false, nil
+	case err != nil:
+		return "", false, fmt.Errorf("%w: %w", ErrPath, err)
+	case fi.IsDir():
+		return "", false, fmt.Errorf("%w: %s is a directory", ErrPath, abs)
+	case !fi.Mode().IsRegular():
+		return "", false, fmt.Errorf("%w: %s is not a regular file", ErrPath, abs)
+	case fi.Mode().Perm()&0o222 == 0:
+		return "", false, fmt.Errorf("%w: %s is read-only", ErrPath, abs)
+	case fi.Size() == 0:
+		return abs, false, nil // SQLite treats an empty file as a new database
+	}
+	if err := checkHeader(abs, fi.Size()); err != nil {
+		return "", false, err
+	}
+	return abs, true, nil
+}
+
+// checkHeader reads the 100-byte database header: the magic string, and the
+// page size and count, which must fit in the file.
+func checkHeader(path string, size int64) error {
+	f, err := os.Open(path)
+	if err != nil {
+		return fmt.Errorf("%w: %w", ErrPath, err)
+	}
+	defer f.Close()
+	h := make([]byte, 100)
+	if _, err := io.ReadFull(f, h); err != nil || !bytes.Equal(h[:16], sqliteHeader) {
+		return fmt.Errorf("%w: %s does not start with the SQLite header", ErrNotDatabase, path)
+	}
+	pageSize := int64(binary.BigEndian.Uint16(h[16:18]))
+	if pageSize == 1 {
+		pageSize = 65536
+	}
+	if pageSize < 512 || pageSize&(pageSize-1) != 0 {
+		return fmt.Errorf("%w: %s has an invalid page size %d", ErrNotDatabase, path, pageSize)
+	}
+	// The page count is valid when the version-valid-for number matches
+	// the change counter.
+	if binary.BigEndian.Uint32(h[92:96]) == binary.BigEndian.Uint32(h[24:28]) {
+		pages := int64(binary.BigEndian.Uint32(h[28:32]))
+		if pages*pageSize > size {
+			return fmt.Errorf("%w: %s is truncated (%d bytes, the header says %d pages of %d)", ErrNotDatabase, path, size, pages, pageSize)
+		}
+	}
+	return nil
+}
+
+// probe inspects an existing file on a read-only connection.
+func probe(ctx context.Context, path string, c config) error {
+	db, err := gorm.Open(sqlite.Open(probeDSN(path, c)), gormConfig())
+	if err != nil {
+		return translateOpen(err)
+	}
+	if pool, err := db.DB(); err == nil {
+		defer pool.Close()
+	}
+	var check string
+	if err := db.WithContext(ctx).Raw("PRAGMA quick_check(1)").Row().Scan(&check); err != nil {
+		return translateOpen(err)
+	}
+	if check != "ok" {
+		return fmt.Errorf("%w: quick_check: %s", ErrNotDatabase, check)
+	}
+	return translateOpen(repository.Check(ctx, db, c.tableName))
+}
+
+// translateOpen names the SQLite errors that mean a damaged or unusable
+// file.
+func translateOpen(err error) error {
+	var se *gosqlite.Error
+	if err == nil || !errors.As(err, &se) {
+		return err
+	}
+	switch se.Code() & 0xff {
+	case sqlite3.SQLITE_NOTADB, sqlite3.SQLITE_CORRUPT:
+		return fmt.Errorf("%w: %w", ErrNotDatabase, err)
+	case sqlite3.SQLITE_READONLY, sqlite3.SQLITE_CANTOPEN, sqlite3.SQLITE_PERM:
+		return fmt.Errorf("%w: %w", ErrPath, err)
+	}
+	return err
+}

@@ -1,0 +1,218 @@
+package repository
+
+import (
+	"database/sql"
+	"fmt"
+	"hash/fnv"
+	"strings"
+
+	"gorm.io/gorm"
+)
+
+// dialect is everything that differs between SQLite, PostgreSQL and
+// MySQL/MariaDB. Methods never branch on the engine; they read these fields.
+//
+//   - Upserts: SQLite and PostgreSQL say ON CONFLICT (id) DO UPDATE,
+//     MySQL says ON DUPLICATE KEY UPDATE.
+//   - Row locks: the server engines lock rows read for a later write with
+//     FOR UPDATE and let claimers skip each other's rows with SKIP LOCKED
+//     (MariaDB 10.6+, MySQL 8+). SQLite has neither and needs neither: a
+//     write transaction holds the database's single write lock from BEGIN
+//     IMMEDIATE on.
+//   - Partial indexes: SQLite and PostgreSQL build the due index
+//     (state, next_retry) WHERE state = 2; MySQL has no partial indexes and
+//     GORM builds the same index over all rows.
+//   - Affected rows: MySQL reports changed rather than matched rows unless
+//     the DSN says clientFoundRows=true. No compare-and-swap here relies on
+//     the count of an UPDATE that may leave a row unchanged: a zero count is
+//     always checked with a SELECT before it becomes an error.
+//   - Counters: per-state counts are kept by triggers, whose syntax differs.
+//     Server engines spread them over counterShards rows, picked by the
+//     session's backend ID, so that concurrent writers rarely wait on the
+//     same counter row.
+type dialect struct {
+	name         string
+	quote        byte
+	upsertPrefix string                    // before the column updates
+	upsertSet    func(col string) string   // one "col = new value" term
+	forUpdate    string                    // appended to SELECTs that precede a write
+	skipLocked   string                    // appended to claim SELECTs
+	shards       int                       // counter shards
+	shardExpr    string                    // SQL for this session's shard
+	tableOptions string                    // GORM "gorm:table_options"
+	triggers     func(t tables) []string   // DDL that creates the count triggers
+	dropTriggers func(t tables) []string   // DDL that removes them
+	lockSchema   func(tx *gorm.DB, key string) (unlock func(), err error)
+	readTx       *sql.TxOptions
+}
+
+const counterShards = 16
+
+func dialectFor(db *gorm.DB) (dialect, error) {
+	switch name := db.Dialector.Name(); name {
+	case "sqlite":
+		return sqliteDialect, nil
+	case "postgres":
+		return postgresDialect, nil
+	case "mysql":
+		return mysqlDialect, nil
+	default:
+		return dialect{}, fmt.Errorf("%w: unsupported GORM dialector %q (want sqlite, postgres or mysql)", ErrInvalidInput, name)
+	}
+}
+
+// tables names the tables of one queue, already validated.
+type tables struct {
+	messages string
+	counts   string
+}
+
+func (d dialect) ident(name string) string {
+	q := string(d.quote)
+	return q + name + q
+}
+
+var sqliteDialect = dialect{
+	name:         "sqlite",
+	quote:        '"',
+	upsertPrefix: "ON CONFLICT (id) DO UPDATE SET ",
+	upsertSet:    func(c string) string { return c + " = excluded." + c },
+	shards:       1,
+	shardExpr:    "0",
+	triggers: func(t tables) []string {
+		m, c := `"`+t.messages+`"`, `"`+t.counts+`"`
+		return []string{
+			fmt.Sprintf(`CREATE TRIGGER IF NOT EXISTS "%s_count_insert" AFTER INSERT ON %s BEGIN `+
+				`UPDATE %s SET n = n + 1 WHERE state = NEW.state AND shard = 0; END`, t.messages, m, c),
+			fmt.Sprintf(`CREATE TRIGGER IF NOT EXISTS "%s_count_delete" AFTER DELETE ON %s BEGIN `+
+				`UPDATE %s SET n = n - 1 WHERE state = OLD.state AND shard = 0; END`, t.messages, m, c),
+			fmt.Sprintf(`CREATE TRIGGER IF NOT EXISTS "%s_count_update" AFTER UPDATE OF state ON %s `+
+				`WHEN OLD.state <> NEW.state BEGIN `+
+				`UPDATE %s SET n = n + (CASE WHEN state = NEW.state THEN 1 ELSE -1 END) `+
+				`WHERE shard = 0 AND state IN (OLD.state, NEW.state); END`, t.messages, m, c),
+		}
+	},
+	dropTriggers: func(t tables) []string {
+		var out []string
+		for _, s := range []string{"insert", "delete", "update"} {
+			out = append(out, fmt.Sprintf(`DROP TRIGGER IF EXISTS "%s_count_%s"`, t.messages, s))
+		}
+		return out
+	},
+	// The migration runs in a BEGIN IMMEDIATE transaction, which already
+	// excludes every other writer.
+	lockSchema: func(*gorm.DB, string) (func(), error) { return func() {}, nil },
+	readTx:     &sql.TxOptions{ReadOnly: true},
+}
+
+var postgresDialect = dialect{
+	name:         "postgres",
+	quote:        '"',
+	upsertPrefix: "ON CONFLICT (id) DO UPDATE SET ",
+	upsertSet:    func(c string) string { return c + " = excluded." + c },
+	forUpdate:    " FOR UPDATE",
+	skipLocked:   " FOR UPDATE SKIP LOCKED",
+	shards:       counterShards,
+	shardExpr:    fmt.Sprintf("(pg_backend_pid() %% %d)", counterShards),
+	triggers: func(t tables) []string {
+		m, c := `"`+t.messages+`"`, `"`+t.counts+`"`
+		fn := `"` + t.messages + `_count"`
+		shard := fmt.Sprintf("(pg_backend_pid() %% %d)", counterShards)
+		return []string{
+			fmt.Sprintf(`CREATE OR REPLACE FUNCTION %s() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+  IF TG_OP = 'INSERT' THEN
+    UPDATE %s SET n = n + 1 WHERE state = NEW.state AND shard = %s;
+  ELSIF TG_OP = 'DELETE' THEN
+    UPDATE %s SET n = n - 1 WHERE state = OLD.state AND shard = %s;
+  ELSIF OLD.state <> NEW.state THEN
+    UPDATE %s SET n = n + (CASE WHEN state = NEW.state THEN 1 ELSE -1 END)
+      WHERE shard = %s AND state IN (OLD.state, NEW.state);
+  END IF;
+  RETURN NULL;
+END $$`, fn, c, shard, c, shard, c, shard),
+			fmt.Sprintf(`DROP TRIGGER IF EXISTS "%s_count" ON %s`, t.messages, m),
+			fmt.Sprintf(`CREATE TRIGGER "%s_count" AFTER INSERT OR DELETE OR UPDATE OF state ON %s `+
+				`FOR EACH ROW EXECUTE FUNCTION %s()`, t.messages, m, fn),
+		}
+	},
+	dropTriggers: func(t tables) []string {
+		return []string{
+			fmt.Sprintf(`DROP TRIGGER IF EXISTS "%s_count" ON "%s"`, t.messages, t.messages),
+			fmt.Sprintf(`DROP FUNCTION IF EXISTS "%s_count"()`, t.messages),
+		}
+	},
+	// A transaction-scoped advisory lock: released by COMMIT or ROLLBACK.
+	lockSchema: func(tx *gorm.DB, key string) (func(), error) {
+		return func() {}, tx.Exec("SELECT pg_advisory_xact_lock(?)", lockKey(key)).Error
+	},
+	readTx: &sql.TxOptions{ReadOnly: true, Isolation: sql.LevelRepeatableRead},
+}
+
+var mysqlDialect = dialect{
+	name:         "mysql",
+	quote:        '`',
+	upsertPrefix: "ON DUPLICATE KEY UPDATE ",
+	upsertSet:    func(c string) string { return c + " = VALUES(" + c + ")" },
+	forUpdate:    " FOR UPDATE",
+	skipLocked:   " FOR UPDATE SKIP LOCKED",
+	shards:       counterShards,
+	shardExpr:    fmt.Sprintf("(CONNECTION_ID() %% %d)", counterShards),
+	tableOptions: "ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin",
+	triggers: func(t tables) []string {
+		m, c := "`"+t.messages+"`", "`"+t.counts+"`"
+		shard := fmt.Sprintf("(CONNECTION_ID() %% %d)", counterShards)
+		return []string{
+			fmt.Sprintf("CREATE TRIGGER IF NOT EXISTS `%s_count_insert` AFTER INSERT ON %s FOR EACH ROW "+
+				"UPDATE %s SET n = n + 1 WHERE state = NEW.state AND shard = %s", t.messages, m, c, shard),
+			fmt.Sprintf("CREATE TRIGGER IF NOT EXISTS `%s_count_delete` AFTER DELETE ON %s FOR EACH ROW "+
+				"UPDATE %s SET n = n - 1 WHERE state = OLD.state AND shard = %s", t.messages, m, c, shard),
+			fmt.Sprintf("CREATE TRIGGER IF NOT EXISTS `%s_count_update` AFTER UPDATE ON %s FOR EACH ROW "+
+				"UPDATE %s SET n = n + (CASE WHEN state = NEW.state THEN 1 ELSE -1 END) "+
+				"WHERE OLD.state <> NEW.state AND shard = %s AND state IN (OLD.state, NEW.state)", t.messages, m, c, shard),
+		}
+	},
+	dropTriggers: func(t tables) []string {
+		var out []string
+		for _, s := range []string{"insert", "delete", "update"} {
+			out = append(out, fmt.Sprintf("DROP TRIGGER IF EXISTS `%s_count_%s`", t.messages, s))
+		}
+		return out
+	},
+	// MySQL commits DDL implicitly, so the migration cannot be one
+	// transaction there; a named lock keeps two processes from migrating
+	// the same table at once.
+	lockSchema: func(tx *gorm.DB, key string) (func(), error) {
+		var got sql.NullInt64
+		if err := tx.Raw("SELECT GET_LOCK(?, 60)", "retryspool:"+key).Scan(&got).Error; err != nil {
+			return nil, err
+		}
+		if !got.Valid || got.Int64 != 1 {
+			return nil, fmt.Errorf("%w: schema lock for %q not acquired in 60s", ErrBusy, key)
+		}
+		// The lock belongs to the session: release it on the same
+		// connection, before the transaction hands the connection back.
+		return func() { tx.Exec("SELECT RELEASE_LOCK(?)", "retryspool:"+key) }, nil
+	},
+	readTx: &sql.TxOptions{ReadOnly: true, Isolation: sql.LevelRepeatableRead},
+}
+
+func lockKey(s string) int64 {
+	h := fnv.New64a()
+	h.Write([]byte("retryspool:" + s))
+	return int64(h.Sum64())
+}
+
+// upsertClause builds the tail of an INSERT that replaces every column but
+// the ID when the ID exists.
+func (d dialect) upsertClause() string {
+	var b strings.Builder
+	b.WriteString(d.upsertPrefix)
+	for i, c := range columns[1:] {
+		if i > 0 {
+			b.WriteString(", ")
+		}
+		b.WriteString(d.upsertSet(c))
+	}
+	return b.String()
+}

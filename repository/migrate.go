@@ -1,0 +1,272 @@
+package repository
+
+import (
+	"context"
+	"fmt"
+	"math"
+	"sort"
+	"strings"
+	"time"
+
+	"gorm.io/gorm"
+
+	"schneider.vip/retryspool/storage/meta/sqlite/model"
+)
+
+// SchemaVersion is the version of the schema this library writes. A table
+// with a higher version was written by a newer library and is refused.
+const SchemaVersion = 1
+
+// legacyColumns are the columns of the earlier raw-SQL RetrySpool SQLite
+// backend, which stored times as whole Unix seconds and kept no version;
+// retry_policy_name came late and may be missing.
+var legacyColumns = []string{
+	"id", "state", "attempts", "max_attempts", "next_retry", "created",
+	"updated", "last_error", "size", "priority", "headers",
+}
+
+// Migrate creates or upgrades the schema of the repository's table; New
+// calls it unless told not to. It runs in one transaction (on MySQL, whose
+// DDL commits implicitly, under a named lock instead) and is safe to run
+// from several processes at once.
+func (r *Repository) Migrate(ctx context.Context) error {
+	ctx, done, err := r.enter(ctx)
+	if err != nil {
+		return err
+	}
+	defer done()
+	return r.closedOr(r.migrate(ctx))
+}
+
+func (r *Repository) migrate(ctx context.Context) error {
+	err := r.write(ctx, func(tx *gorm.DB) error {
+		unlock, err := r.d.lockSchema(tx, r.t.messages)
+		if err != nil {
+			return err
+		}
+		defer unlock()
+		return r.migrateTx(tx)
+	})
+	if err != nil {
+		return fmt.Errorf("migrate table %q: %w", r.t.messages, translate(err))
+	}
+	return nil
+}
+
+// migration is what the schema of a table needs.
+type migration int
+
+const (
+	migrateNothing migration = iota // current
+	migrateCreate                   // no table yet
+	migrateLegacy                   // a table of the raw-SQL backend
+)
+
+// plan inspects the database without changing it and tells what the table
+// needs, or why it cannot be used.
+func (r *Repository) plan(db *gorm.DB) (migration, error) {
+	mig := db.Migrator()
+	version := 0
+	if mig.HasTable(model.SchemaTableName) {
+		var versions []model.SchemaVersion
+		if err := db.Where("table_name = ?", r.t.messages).Find(&versions).Error; err != nil {
+			return 0, fmt.Errorf("read schema version: %w", err)
+		}
+		if len(versions) > 0 {
+			version = versions[0].Version
+		}
+	}
+	switch {
+	case version > SchemaVersion:
+		return 0, fmt.Errorf("%w: table %q has schema version %d, this library knows up to %d",
+			ErrSchemaTooNew, r.t.messages, version, SchemaVersion)
+	case version == SchemaVersion:
+		return migrateNothing, nil
+	case !mig.HasTable(r.t.messages):
+		return migrateCreate, nil
+	}
+	cols, err := mig.ColumnTypes(r.t.messages)
+	if err != nil {
+		return 0, fmt.Errorf("inspect table %q: %w", r.t.messages, err)
+	}
+	have := map[string]bool{}
+	for _, c := range cols {
+		have[strings.ToLower(c.Name())] = true
+	}
+	var missing, extra []string
+	for _, c := range legacyColumns {
+		if !have[c] {
+			missing = append(missing, c)
+		}
+		delete(have, c)
+	}
+	delete(have, "retry_policy_name")
+	for c := range have {
+		extra = append(extra, c)
+	}
+	sort.Strings(extra)
+	if len(missing) > 0 || len(extra) > 0 {
+		return 0, fmt.Errorf("%w: table %q (missing columns %v, unknown columns %v); choose another table name",
+			ErrForeignTable, r.t.messages, missing, extra)
+	}
+	if mig.HasTable(r.t.messages + "_legacy") {
+		return 0, fmt.Errorf("%w: both %q and %q exist", ErrForeignTable, r.t.messages, r.t.messages+"_legacy")
+	}
+	return migrateLegacy, nil
+}
+
+// Check tells, without changing anything, whether the table name of cfg
+// on db can be used: nil, or ErrSchemaTooNew, ErrForeignTable or a database
+// error. It reads only, so it may run on a read-only connection.
+func Check(ctx context.Context, db *gorm.DB, tableName string) error {
+	if tableName == "" {
+		tableName = model.DefaultTableName
+	}
+	if err := CheckTableName(tableName); err != nil {
+		return err
+	}
+	d, err := dialectFor(db)
+	if err != nil {
+		return err
+	}
+	r := &Repository{d: d, t: tables{messages: tableName, counts: tableName + "_counts"}}
+	_, err = r.plan(db.WithContext(ctx))
+	return translate(err)
+}
+
+func (r *Repository) migrateTx(tx *gorm.DB) error {
+	plan, err := r.plan(tx)
+	if err != nil {
+		return err
+	}
+	if plan == migrateNothing {
+		return nil
+	}
+	if !tx.Migrator().HasTable(model.SchemaTableName) {
+		if err := r.ddl(tx).AutoMigrate(&model.SchemaVersion{}); err != nil {
+			return fmt.Errorf("create %s: %w", model.SchemaTableName, err)
+		}
+	}
+	if plan == migrateLegacy {
+		err = r.upgradeLegacy(tx)
+	} else {
+		err = r.createTables(tx)
+	}
+	if err != nil {
+		return err
+	}
+	return tx.Save(&model.SchemaVersion{
+		Table: r.t.messages, Version: SchemaVersion, Updated: time.Now().UnixNano(),
+	}).Error
+}
+
+// ddl returns tx prepared for AutoMigrate on this engine.
+func (r *Repository) ddl(tx *gorm.DB) *gorm.DB {
+	if r.d.tableOptions != "" {
+		return tx.Set("gorm:table_options", r.d.tableOptions)
+	}
+	return tx
+}
+
+// createTables builds the message and counter tables with their indexes and
+// triggers, counters at zero.
+func (r *Repository) createTables(tx *gorm.DB) error {
+	if err := r.ddl(tx).Table(r.t.messages).AutoMigrate(&model.Message{}); err != nil {
+		return fmt.Errorf("create table %q: %w", r.t.messages, err)
+	}
+	if err := r.ddl(tx).Table(r.t.counts).AutoMigrate(&model.StateCount{}); err != nil {
+		return fmt.Errorf("create table %q: %w", r.t.counts, err)
+	}
+	if err := r.resetCounts(tx); err != nil {
+		return err
+	}
+	for _, stmt := range r.d.triggers(r.t) {
+		if err := tx.Exec(stmt).Error; err != nil {
+			return fmt.Errorf("create count triggers: %w", err)
+		}
+	}
+	return nil
+}
+
+// resetCounts sets the counters to the table's real counts.
+func (r *Repository) resetCounts(tx *gorm.DB) error {
+	c, m := r.d.ident(r.t.counts), r.d.ident(r.t.messages)
+	if err := tx.Exec("DELETE FROM " + c).Error; err != nil {
+		return fmt.Errorf("reset counters: %w", err)
+	}
+	var values []string
+	for state := 0; state <= 5; state++ {
+		for shard := 0; shard < r.d.shards; shard++ {
+			values = append(values, fmt.Sprintf("(%d, %d, 0)", state, shard))
+		}
+	}
+	if err := tx.Exec("INSERT INTO " + c + " (state, shard, n) VALUES " + strings.Join(values, ", ")).Error; err != nil {
+		return fmt.Errorf("seed counters: %w", err)
+	}
+	err := tx.Exec("UPDATE " + c + " SET n = (SELECT COUNT(*) FROM " + m + " WHERE " + m + ".state = " + c + ".state) WHERE shard = 0").Error
+	if err != nil {
+		return fmt.Errorf("count messages: %w", err)
+	}
+	return nil
+}
+
+// upgradeLegacy rebuilds a table of the earlier raw-SQL backend in place:
+// the old rows move into the new schema with their times converted from
+// seconds to nanoseconds (the zero time stays zero), in the migration's
+// transaction, so a crash leaves the old table as it was.
+func (r *Repository) upgradeLegacy(tx *gorm.DB) error {
+	mig := tx.Migrator()
+	policy := "''"
+	if mig.HasColumn(r.t.messages, "retry_policy_name") {
+		policy = "COALESCE(retry_policy_name, '')"
+	}
+	legacy := r.t.messages + "_legacy"
+	indexes, err := mig.GetIndexes(r.t.messages)
+	if err != nil {
+		return fmt.Errorf("inspect indexes of %q: %w", r.t.messages, err)
+	}
+	for _, idx := range indexes {
+		if pk, ok := idx.PrimaryKey(); ok && pk {
+			continue
+		}
+		if strings.HasPrefix(idx.Name(), "sqlite_autoindex") {
+			continue
+		}
+		if err := mig.DropIndex(r.t.messages, idx.Name()); err != nil {
+			return fmt.Errorf("drop legacy index %q: %w", idx.Name(), err)
+		}
+	}
+	if err := mig.RenameTable(r.t.messages, legacy); err != nil {
+		return fmt.Errorf("rename legacy table: %w", err)
+	}
+	if err := r.ddl(tx).Table(r.t.messages).AutoMigrate(&model.Message{}); err != nil {
+		return fmt.Errorf("create table %q: %w", r.t.messages, err)
+	}
+	if err := r.ddl(tx).Table(r.t.counts).AutoMigrate(&model.StateCount{}); err != nil {
+		return fmt.Errorf("create table %q: %w", r.t.counts, err)
+	}
+	seconds := func(col string) string {
+		return fmt.Sprintf("CASE WHEN %[1]s IS NULL OR %[1]s < %[2]d THEN %[3]d ELSE %[1]s * 1000000000 END",
+			col, int64(math.MinInt64/1_000_000_000), int64(model.ZeroTime))
+	}
+	copyRows := fmt.Sprintf(`INSERT INTO %s (%s) SELECT id, state, COALESCE(attempts, 0), COALESCE(max_attempts, 0), %s, %s, %s,
+		COALESCE(last_error, ''), COALESCE(size, 0), COALESCE(priority, 0),
+		CASE WHEN headers IS NULL OR headers = '' OR headers = 'null' THEN NULL ELSE headers END, %s FROM %s`,
+		r.d.ident(r.t.messages), columnList,
+		seconds("next_retry"), seconds("created"), seconds("updated"), policy, r.d.ident(legacy))
+	if err := tx.Exec(copyRows).Error; err != nil {
+		return fmt.Errorf("copy legacy rows: %w", err)
+	}
+	if err := mig.DropTable(legacy); err != nil {
+		return fmt.Errorf("drop legacy table: %w", err)
+	}
+	if err := r.resetCounts(tx); err != nil {
+		return err
+	}
+	for _, stmt := range r.d.triggers(r.t) {
+		if err := tx.Exec(stmt).Error; err != nil {
+			return fmt.Errorf("create count triggers: %w", err)
+		}
+	}
+	return nil
+}

@@ -1,0 +1,210 @@
+package repository
+
+import (
+	"context"
+	"sync"
+	"sync/atomic"
+
+	"gorm.io/gorm"
+	metastorage "schneider.vip/retryspool/storage/meta"
+)
+
+// defaultMaxGroupCommit caps how many writes share one commit.
+const defaultMaxGroupCommit = 256
+
+// groupWriter owns the one write connection of a SQLite file. Writers hand
+// it their work; it runs everything that is waiting in one transaction and
+// one commit (group commit), each write under its own savepoint so that one
+// failure, or one cancelled context, fails only its own caller.
+//
+// SQLite admits one writer at a time anyway. Funnelling our writes through
+// one connection means they never meet SQLITE_BUSY among themselves, and
+// sharing a commit means sharing its WAL write and, with synchronous=FULL,
+// its fsync.
+type groupWriter struct {
+	db       *gorm.DB
+	reqs     chan *writeReq
+	maxBatch int
+	stop     chan struct{}
+	stopped  chan struct{}
+	once     sync.Once
+}
+
+const (
+	reqPending int32 = iota
+	reqTaken
+	reqAbandoned
+)
+
+type writeReq struct {
+	ctx   context.Context
+	fn    func(tx *gorm.DB) error
+	state atomic.Int32
+	err   error
+	done  chan struct{}
+}
+
+func newGroupWriter(db *gorm.DB, maxBatch int) *groupWriter {
+	if maxBatch <= 0 {
+		maxBatch = defaultMaxGroupCommit
+	}
+	w := &groupWriter{
+		db:       db,
+		reqs:     make(chan *writeReq, maxBatch),
+		maxBatch: maxBatch,
+		stop:     make(chan struct{}),
+		stopped:  make(chan struct{}),
+	}
+	go w.loop()
+	return w
+}
+
+// do runs fn in a write transaction and returns its error, or the commit's.
+// If ctx ends before the writer has taken the request, do returns ctx.Err()
+// and fn never runs; once taken, do waits for the outcome, so a nil error
+// always means committed and a non-nil one means nothing was written.
+func (w *groupWriter) do(ctx context.Context, fn func(tx *gorm.DB) error) error {
+	req := &writeReq{ctx: ctx, fn: fn, done: make(chan struct{})}
+	select {
+	case w.reqs <- req:
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-w.stop:
+		return metastorage.ErrBackendClosed
+	}
+	select {
+	case <-req.done:
+		return req.err
+	case <-ctx.Done():
+		if req.state.CompareAndSwap(reqPending, reqAbandoned) {
+			return ctx.Err()
+		}
+		<-req.done
+		return req.err
+	}
+}
+
+func (w *groupWriter) loop() {
+	defer close(w.stopped)
+	batch := make([]*writeReq, 0, w.maxBatch)
+	for {
+		select {
+		case req := <-w.reqs:
+			batch = append(batch[:0], req)
+		case <-w.stop:
+			w.failQueued()
+			return
+		}
+	gather:
+		for len(batch) < w.maxBatch {
+			select {
+			case req := <-w.reqs:
+				batch = append(batch, req)
+			default:
+				break gather
+			}
+		}
+		w.run(batch)
+		clear(batch)
+	}
+}
+
+// failQueued answers the requests still queued when the writer stops.
+func (w *groupWriter) failQueued() {
+	for {
+		select {
+		case req := <-w.reqs:
+			if req.state.CompareAndSwap(reqPending, reqTaken) {
+				req.err = metastorage.ErrBackendClosed
+				close(req.done)
+			}
+		default:
+			return
+		}
+	}
+}
+
+func (w *groupWriter) run(batch []*writeReq) {
+	live := batch[:0]
+	for _, req := range batch {
+		if !req.state.CompareAndSwap(reqPending, reqTaken) {
+			continue // the caller gave up and already returned
+		}
+		if err := req.ctx.Err(); err != nil {
+			req.err = err
+			close(req.done)
+			continue
+		}
+		live = append(live, req)
+	}
+	if len(live) == 0 {
+		return
+	}
+	defer func() {
+		for _, req := range live {
+			close(req.done)
+		}
+	}()
+
+	tx := w.db.Begin()
+	if tx.Error != nil {
+		for _, req := range live {
+			req.err = tx.Error
+		}
+		return
+	}
+	if len(live) == 1 {
+		// Alone, the transaction itself is the savepoint.
+		req := live[0]
+		if req.err = req.fn(tx.WithContext(req.ctx)); req.err != nil {
+			tx.Rollback()
+			return
+		}
+		req.err = tx.Commit().Error
+		return
+	}
+
+	committed := 0
+	for _, req := range live {
+		if err := tx.Exec("SAVEPOINT gc").Error; err != nil {
+			req.err = err
+			continue
+		}
+		if req.err = req.fn(tx.WithContext(req.ctx)); req.err != nil {
+			if err := tx.Exec("ROLLBACK TO gc").Error; err != nil {
+				// The transaction is unusable: fail everything.
+				tx.Rollback()
+				for _, r := range live {
+					if r.err == nil {
+						r.err = err
+					}
+				}
+				return
+			}
+		} else {
+			committed++
+		}
+		if err := tx.Exec("RELEASE gc").Error; err != nil && req.err == nil {
+			req.err = err
+		}
+	}
+	if committed == 0 {
+		tx.Rollback()
+		return
+	}
+	if err := tx.Commit().Error; err != nil {
+		for _, req := range live {
+			if req.err == nil {
+				req.err = err
+			}
+		}
+	}
+}
+
+// close stops the writer after the batch it is running and fails what is
+// still queued with ErrBackendClosed. It does not close the connection.
+func (w *groupWriter) close() error {
+	w.once.Do(func() { close(w.stop) })
+	<-w.stopped
+	return nil
+}
