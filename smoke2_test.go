@@ -29,7 +29,9 @@ func TestSmokeEngines(t *testing.T) {
 		now := time.Now()
 		md := metastorage.MessageMetadata{ID: "m1", State: metastorage.StateIncoming, Created: now, Updated: now, Headers: map[string]string{"a": "b"}}
 		require.NoError(t, b.StoreMeta(ctx, "m1", md))
-		md2 := md; md2.ID = "M1"; require.NoError(t, b.StoreMeta(ctx, "M1", md2))
+		md2 := md
+		md2.ID = "M1"
+		require.NoError(t, b.StoreMeta(ctx, "M1", md2))
 		got, err := b.GetMeta(ctx, "m1")
 		require.NoError(t, err)
 		require.True(t, got.Created.Equal(now))
@@ -48,5 +50,55 @@ func TestSmokeEngines(t *testing.T) {
 		require.NoError(t, err)
 		require.NoError(t, b.Close())
 		require.NoError(t, db.Migrator().DropTable(table, table+"_counts"))
+	}
+}
+
+func TestSmokeClaim(t *testing.T) {
+	for _, d := range []gorm.Dialector{
+		postgres.Open("host=127.0.0.1 user=postgres dbname=test sslmode=disable"),
+		mysql.Open("root@tcp(127.0.0.1:3306)/test"),
+		nil,
+	} {
+		var opts []sqlitemeta.Option
+		var db *gorm.DB
+		table := fmt.Sprintf("smoke_%d", time.Now().UnixNano()%100000)
+		if d != nil {
+			var err error
+			db, err = gorm.Open(d, &gorm.Config{})
+			require.NoError(t, err)
+			opts = append(opts, sqlitemeta.WithDB(db), sqlitemeta.WithTableName(table))
+		} else {
+			opts = append(opts, sqlitemeta.WithDatabasePath(t.TempDir()+"/x.db"))
+		}
+		r, err := sqlitemeta.NewFactory(opts...).Open(context.Background())
+		require.NoError(t, err)
+		ctx := context.Background()
+		var recs []metastorage.MessageMetadata
+		base := time.Now()
+		for i := 0; i < 250; i++ {
+			recs = append(recs, metastorage.MessageMetadata{ID: fmt.Sprintf("id%04d", i), State: metastorage.StateDeferred, Created: base.Add(time.Duration(i)), NextRetry: base.Add(time.Duration(250-i) * time.Second)})
+		}
+		require.NoError(t, r.StoreMetaBatch(ctx, recs))
+		require.Equal(t, int64(250), r.GetStateCount(metastorage.StateDeferred))
+		due, err := r.DueMessages(ctx, base.Add(10*time.Second), 100)
+		require.NoError(t, err)
+		require.Len(t, due, 10)
+		require.Equal(t, "id0249", due[0].ID)
+		got, err := r.ClaimDue(ctx, base.Add(10*time.Second), 5)
+		require.NoError(t, err)
+		require.Len(t, got, 5)
+		require.Equal(t, "id0249", got[0].ID)
+		require.Equal(t, metastorage.StateActive, got[0].State)
+		got, err = r.ClaimMessages(ctx, metastorage.StateDeferred, metastorage.StateHold, 100)
+		require.NoError(t, err)
+		require.Len(t, got, 100)
+		require.Equal(t, "id0000", got[0].ID)
+		require.Equal(t, int64(145), r.GetStateCount(metastorage.StateDeferred))
+		require.Equal(t, int64(100), r.GetStateCount(metastorage.StateHold))
+		require.Equal(t, int64(5), r.GetStateCount(metastorage.StateActive))
+		require.NoError(t, r.Close())
+		if db != nil {
+			require.NoError(t, db.Migrator().DropTable(table, table+"_counts"))
+		}
 	}
 }

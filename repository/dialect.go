@@ -33,15 +33,15 @@ import (
 type dialect struct {
 	name         string
 	quote        byte
-	upsertPrefix string                    // before the column updates
-	upsertSet    func(col string) string   // one "col = new value" term
-	forUpdate    string                    // appended to SELECTs that precede a write
-	skipLocked   string                    // appended to claim SELECTs
-	shards       int                       // counter shards
-	shardExpr    string                    // SQL for this session's shard
-	tableOptions string                    // GORM "gorm:table_options"
-	triggers     func(t tables) []string   // DDL that creates the count triggers
-	dropTriggers func(t tables) []string   // DDL that removes them
+	upsertPrefix string                  // before the column updates
+	upsertSet    func(col string) string // one "col = new value" term
+	forUpdate    string                  // appended to SELECTs that precede a write
+	skipLocked   string                  // appended to claim SELECTs
+	shards       int                     // counter shards
+	shardExpr    string                  // SQL for this session's shard
+	tableOptions string                  // GORM "gorm:table_options"
+	triggers     func(t tables) []string // DDL that creates the count triggers
+	dropTriggers func(t tables) []string // DDL that removes them
 	lockSchema   func(tx *gorm.DB, key string) (unlock func(), err error)
 	readTx       *sql.TxOptions
 }

@@ -270,3 +270,32 @@ func (r *Repository) upgradeLegacy(tx *gorm.DB) error {
 	}
 	return nil
 }
+
+// Drop removes a queue's tables, triggers and schema record from db: the
+// inverse of the migration, for tests and for retiring a queue. It does not
+// touch other queues' tables.
+func Drop(ctx context.Context, db *gorm.DB, tableName string) error {
+	if err := CheckTableName(tableName); err != nil {
+		return err
+	}
+	d, err := dialectFor(db)
+	if err != nil {
+		return err
+	}
+	t := tables{messages: tableName, counts: tableName + "_counts"}
+	db = db.WithContext(ctx)
+	for _, stmt := range d.dropTriggers(t) {
+		if err := db.Exec(stmt).Error; err != nil {
+			return fmt.Errorf("drop %q: %w", tableName, err)
+		}
+	}
+	if err := db.Migrator().DropTable(t.messages, t.counts); err != nil {
+		return fmt.Errorf("drop %q: %w", tableName, err)
+	}
+	if db.Migrator().HasTable(model.SchemaTableName) {
+		if err := db.Where("table_name = ?", tableName).Delete(&model.SchemaVersion{}).Error; err != nil {
+			return fmt.Errorf("drop %q: %w", tableName, err)
+		}
+	}
+	return nil
+}

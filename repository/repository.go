@@ -175,6 +175,17 @@ func (r *Repository) Dialect() string { return r.d.name }
 type queries struct {
 	upsert, update, cas, state, stateLock, exists, get, del, count string
 	iterFirst, iterNext, sinceCount                                string
+	claimIDs, claimDueIDs, claimUpdate, byIDs, due                 string
+	upsertHead, upsertTail                                         string
+}
+
+// upsertN is the upsert of n rows in one statement.
+func (q queries) upsertN(n int) string {
+	if n == 1 {
+		return q.upsert
+	}
+	one := "(" + placeholders(len(columns)) + ")"
+	return q.upsertHead + strings.TrimSuffix(strings.Repeat(one+", ", n), ", ") + " " + q.upsertTail
 }
 
 func buildQueries(d dialect, t tables) queries {
@@ -183,19 +194,29 @@ func buildQueries(d dialect, t tables) queries {
 	for _, col := range columns[1:] {
 		sets = append(sets, col+" = ?")
 	}
+	// The due queries name state 2 (deferred) literally: SQLite uses a
+	// partial index only when the query's WHERE implies the index's.
+	due := "state = 2 AND next_retry <= ? ORDER BY next_retry, id LIMIT ?"
 	return queries{
-		upsert:     "INSERT INTO " + m + " (" + columnList + ") VALUES (" + placeholders(len(columns)) + ") " + d.upsertClause(),
-		update:     "UPDATE " + m + " SET " + strings.Join(sets, ", ") + " WHERE id = ?",
-		cas:        "UPDATE " + m + " SET state = ?, updated = ? WHERE id = ? AND state = ?",
-		state:      "SELECT state FROM " + m + " WHERE id = ?",
-		stateLock:  "SELECT state FROM " + m + " WHERE id = ?" + d.forUpdate,
-		exists:     "SELECT COUNT(*) FROM " + m + " WHERE id = ?",
-		get:        "SELECT " + columnList + " FROM " + m + " WHERE id = ?",
-		del:        "DELETE FROM " + m + " WHERE id = ?",
-		count:      "SELECT COALESCE(SUM(n), 0) FROM " + c + " WHERE state = ?",
-		iterFirst:  "SELECT " + columnList + " FROM " + m + " WHERE state = ? ORDER BY created, id LIMIT ?",
-		iterNext:   "SELECT " + columnList + " FROM " + m + " WHERE state = ? AND created >= ? AND (created > ? OR id > ?) ORDER BY created, id LIMIT ?",
-		sinceCount: "SELECT COUNT(*) FROM " + m + " WHERE state = ? AND created >= ?",
+		upsertHead:  "INSERT INTO " + m + " (" + columnList + ") VALUES ",
+		upsertTail:  d.upsertClause(),
+		claimIDs:    "SELECT id FROM " + m + " WHERE state = ? ORDER BY created, id LIMIT ?" + d.skipLocked,
+		claimDueIDs: "SELECT id FROM " + m + " WHERE " + due + d.skipLocked,
+		claimUpdate: "UPDATE " + m + " SET state = ?, updated = ? WHERE state = ? AND id IN ?",
+		byIDs:       "SELECT " + columnList + " FROM " + m + " WHERE id IN ?",
+		due:         "SELECT " + columnList + " FROM " + m + " WHERE " + due,
+		upsert:      "INSERT INTO " + m + " (" + columnList + ") VALUES (" + placeholders(len(columns)) + ") " + d.upsertClause(),
+		update:      "UPDATE " + m + " SET " + strings.Join(sets, ", ") + " WHERE id = ?",
+		cas:         "UPDATE " + m + " SET state = ?, updated = ? WHERE id = ? AND state = ?",
+		state:       "SELECT state FROM " + m + " WHERE id = ?",
+		stateLock:   "SELECT state FROM " + m + " WHERE id = ?" + d.forUpdate,
+		exists:      "SELECT COUNT(*) FROM " + m + " WHERE id = ?",
+		get:         "SELECT " + columnList + " FROM " + m + " WHERE id = ?",
+		del:         "DELETE FROM " + m + " WHERE id = ?",
+		count:       "SELECT COALESCE(SUM(n), 0) FROM " + c + " WHERE state = ?",
+		iterFirst:   "SELECT " + columnList + " FROM " + m + " WHERE state = ? ORDER BY created, id LIMIT ?",
+		iterNext:    "SELECT " + columnList + " FROM " + m + " WHERE state = ? AND created >= ? AND (created > ? OR id > ?) ORDER BY created, id LIMIT ?",
+		sinceCount:  "SELECT COUNT(*) FROM " + m + " WHERE state = ? AND created >= ?",
 	}
 }
 
