@@ -50,7 +50,10 @@ func (r *Repository) NewMessageIterator(ctx context.Context, state metastorage.Q
 // Next returns the next message and true, or, at the end, exactly
 // (MessageMetadata{}, false, nil).
 func (it *Iterator) Next(ctx context.Context) (metastorage.MessageMetadata, bool, error) {
-	if it.closed {
+	switch {
+	case it.r.life.isClosed():
+		return metastorage.MessageMetadata{}, false, metastorage.ErrBackendClosed
+	case it.closed:
 		return metastorage.MessageMetadata{}, false, fmt.Errorf("iterator: %w", ErrIteratorClosed)
 	}
 	if it.pos == len(it.buf) {

@@ -63,6 +63,10 @@ func newGroupWriter(db *gorm.DB, maxBatch int) *groupWriter {
 // If ctx ends before the writer has taken the request, do returns ctx.Err()
 // and fn never runs; once taken, do waits for the outcome, so a nil error
 // always means committed and a non-nil one means nothing was written.
+//
+// A taken request runs to the end without ctx's cancellation: SQLite rolls
+// back the whole transaction when a statement in it is interrupted, which
+// would fail every other write of the batch.
 func (w *groupWriter) do(ctx context.Context, fn func(tx *gorm.DB) error) error {
 	req := &writeReq{ctx: ctx, fn: fn, done: make(chan struct{})}
 	select {
@@ -125,6 +129,9 @@ func (w *groupWriter) failQueued() {
 }
 
 func (w *groupWriter) run(batch []*writeReq) {
+	// Take the write lock first: while BEGIN IMMEDIATE waits for another
+	// process, callers may still give up and withdraw their requests.
+	tx := w.db.Begin()
 	live := batch[:0]
 	for _, req := range batch {
 		if !req.state.CompareAndSwap(reqPending, reqTaken) {
@@ -135,9 +142,18 @@ func (w *groupWriter) run(batch []*writeReq) {
 			close(req.done)
 			continue
 		}
+		if tx.Error != nil {
+			req.err = tx.Error
+			close(req.done)
+			continue
+		}
 		live = append(live, req)
 	}
+	if tx.Error != nil {
+		return
+	}
 	if len(live) == 0 {
+		tx.Rollback()
 		return
 	}
 	defer func() {
@@ -146,17 +162,10 @@ func (w *groupWriter) run(batch []*writeReq) {
 		}
 	}()
 
-	tx := w.db.Begin()
-	if tx.Error != nil {
-		for _, req := range live {
-			req.err = tx.Error
-		}
-		return
-	}
 	if len(live) == 1 {
 		// Alone, the transaction itself is the savepoint.
 		req := live[0]
-		if req.err = req.fn(tx.WithContext(req.ctx)); req.err != nil {
+		if req.err = req.fn(tx.WithContext(context.WithoutCancel(req.ctx))); req.err != nil {
 			tx.Rollback()
 			return
 		}
@@ -165,24 +174,25 @@ func (w *groupWriter) run(batch []*writeReq) {
 	}
 
 	committed := 0
-	for _, req := range live {
+	for i, req := range live {
 		if err := tx.Exec("SAVEPOINT gc").Error; err != nil {
 			req.err = err
 			continue
 		}
-		if req.err = req.fn(tx.WithContext(req.ctx)); req.err != nil {
-			if err := tx.Exec("ROLLBACK TO gc").Error; err != nil {
-				// The transaction is unusable: fail everything.
-				tx.Rollback()
-				for _, r := range live {
-					if r.err == nil {
-						r.err = err
-					}
-				}
-				return
-			}
-		} else {
+		if req.err = req.fn(tx.WithContext(context.WithoutCancel(req.ctx))); req.err == nil {
 			committed++
+		} else if err := tx.Exec("ROLLBACK TO gc").Error; err != nil {
+			// The transaction is unusable: nothing of it may commit.
+			tx.Rollback()
+			for _, r := range live[:i+1] {
+				if r.err == nil {
+					r.err = err
+				}
+			}
+			for _, r := range live[i+1:] {
+				r.err = err
+			}
+			return
 		}
 		if err := tx.Exec("RELEASE gc").Error; err != nil && req.err == nil {
 			req.err = err
