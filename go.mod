@@ -1,6 +1,6 @@
 module schneider.vip/retryspool/storage/meta/sqlite
 
-go 1.26.8
+go 1.26.0
 
 require (
 	github.com/glebarez/go-sqlite v1.23.0
