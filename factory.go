@@ -13,13 +13,13 @@ import (
 	"strconv"
 	"strings"
 
-	gosqlite "github.com/glebarez/go-sqlite"
 	"github.com/glebarez/sqlite"
 	"gorm.io/gorm"
 	"gorm.io/gorm/logger"
 	sqlite3 "modernc.org/sqlite/lib"
 	metastorage "schneider.vip/retryspool/storage/meta"
 
+	"schneider.vip/retryspool/storage/meta/sqlite/internal/sqlitedriver"
 	"schneider.vip/retryspool/storage/meta/sqlite/repository"
 )
 
@@ -125,17 +125,10 @@ func openFile(ctx context.Context, c config, rc repository.Config) (*Repository,
 			return nil, err
 		}
 	}
-	reader, err := gorm.Open(sqlite.Open(dsn(path, c, false)), gormConfig())
+	// The writer connects first: its auto_vacuum setting must reach a new
+	// file before the first journal_mode(WAL) does.
+	writer, err := gorm.Open(dialector(dsn(path, c, true)), gormConfig())
 	if err != nil {
-		return nil, translateOpen(err)
-	}
-	readPool, _ := reader.DB()
-	readPool.SetMaxOpenConns(c.maxConns)
-	readPool.SetMaxIdleConns(c.maxIdle)
-
-	writer, err := gorm.Open(sqlite.Open(dsn(path, c, true)), gormConfig())
-	if err != nil {
-		readPool.Close()
 		return nil, translateOpen(err)
 	}
 	writePool, _ := writer.DB()
@@ -143,6 +136,20 @@ func openFile(ctx context.Context, c config, rc repository.Config) (*Repository,
 	writePool.SetMaxIdleConns(1)
 	writePool.SetConnMaxIdleTime(0)
 	writePool.SetConnMaxLifetime(0)
+
+	if err := writePool.PingContext(ctx); err != nil {
+		writePool.Close()
+		return nil, translateOpen(err)
+	}
+
+	reader, err := gorm.Open(dialector(dsn(path, c, false)), gormConfig())
+	if err != nil {
+		writePool.Close()
+		return nil, translateOpen(err)
+	}
+	readPool, _ := reader.DB()
+	readPool.SetMaxOpenConns(c.maxConns)
+	readPool.SetMaxIdleConns(c.maxIdle)
 
 	rc.Writer = writer
 	rc.OnClose = func() error { return errors.Join(writePool.Close(), readPool.Close()) }
@@ -153,12 +160,17 @@ func openFile(ctx context.Context, c config, rc repository.Config) (*Repository,
 	return r, nil
 }
 
-// dsn builds the glebarez driver's DSN. The driver applies only _pragma,
-// _txlock and _time_format (and drops _txlock when _time_format is there),
-// so every setting is a _pragma, run on each new connection in this order:
-// busy_timeout first, so that the others wait for locks, and auto_vacuum
-// before journal_mode, since SQLite applies it only before the first table
-// and WAL exist.
+// dialector is GORM's SQLite dialect on this library's driver, which keeps
+// statements compiled (see internal/sqlitedriver).
+func dialector(dsn string) gorm.Dialector {
+	return &sqlite.Dialector{DriverName: sqlitedriver.DriverName, DSN: dsn}
+}
+
+// dsn builds the driver's DSN. The driver, like the glebarez one, applies
+// only _pragma and _txlock, so every setting is a _pragma, run on each new
+// connection in this order: busy_timeout first, so that the others wait for
+// locks, and auto_vacuum before journal_mode, since SQLite applies it only
+// before the first table and WAL exist.
 func dsn(path string, c config, writer bool) string {
 	fk := "0"
 	if c.foreignKeys {
@@ -166,12 +178,19 @@ func dsn(path string, c config, writer bool) string {
 	}
 	q := []string{
 		"_pragma=" + url.QueryEscape("busy_timeout("+strconv.Itoa(c.busyTimeout)+")"),
-		"_pragma=" + url.QueryEscape("auto_vacuum("+c.autoVacuum+")"),
-		"_pragma=" + url.QueryEscape("journal_mode("+c.journalMode+")"),
-		"_pragma=" + url.QueryEscape("synchronous("+c.synchronous+")"),
-		"_pragma=" + url.QueryEscape("cache_size(-"+strconv.Itoa(c.cacheSize)+")"),
-		"_pragma=" + url.QueryEscape("foreign_keys("+fk+")"),
 	}
+	if writer {
+		// Setting auto_vacuum waits for the write lock, so only the
+		// writer, which connects first, sets it: a new read connection
+		// must not wait behind a write transaction.
+		q = append(q, "_pragma="+url.QueryEscape("auto_vacuum("+c.autoVacuum+")"))
+	}
+	q = append(q,
+		"_pragma="+url.QueryEscape("journal_mode("+c.journalMode+")"),
+		"_pragma="+url.QueryEscape("synchronous("+c.synchronous+")"),
+		"_pragma="+url.QueryEscape("cache_size(-"+strconv.Itoa(c.cacheSize)+")"),
+		"_pragma="+url.QueryEscape("foreign_keys("+fk+")"),
+	)
 	if writer {
 		// Write transactions take the write lock at BEGIN, where the busy
 		// timeout applies, instead of failing to upgrade a read lock later.
@@ -266,7 +285,7 @@ func checkHeader(path string, size int64) error {
 
 // probe inspects an existing file on a read-only connection.
 func probe(ctx context.Context, path string, c config) error {
-	db, err := gorm.Open(sqlite.Open(probeDSN(path, c)), gormConfig())
+	db, err := gorm.Open(dialector(probeDSN(path, c)), gormConfig())
 	if err != nil {
 		return translateOpen(err)
 	}
@@ -286,7 +305,7 @@ func probe(ctx context.Context, path string, c config) error {
 // translateOpen names the SQLite errors that mean a damaged or unusable
 // file.
 func translateOpen(err error) error {
-	var se *gosqlite.Error
+	var se interface{ Code() int }
 	if err == nil || !errors.As(err, &se) {
 		return err
 	}

@@ -6,11 +6,16 @@ require (
 	github.com/glebarez/go-sqlite v1.23.0
 	github.com/glebarez/sqlite v1.11.0
 	github.com/stretchr/testify v1.12.1
+	go.uber.org/goleak v1.3.0
 	gorm.io/driver/mysql v1.6.0
 	gorm.io/driver/postgres v1.6.3
 	gorm.io/gorm v1.31.2
+	modernc.org/libc v1.80.1
 	modernc.org/sqlite v1.62.0
+	schneider.vip/retryspool v0.0.16
+	schneider.vip/retryspool/storage/data/filesystem v0.0.5
 	schneider.vip/retryspool/storage/meta v0.0.5
+	schneider.vip/retryspool/storage/meta/filesystem v0.0.6
 )
 
 require (
@@ -31,7 +36,8 @@ require (
 	golang.org/x/sync v0.24.0 // indirect
 	golang.org/x/sys v0.49.0 // indirect
 	golang.org/x/text v0.29.0 // indirect
-	modernc.org/libc v1.80.1 // indirect
 	modernc.org/mathutil v1.7.1 // indirect
 	modernc.org/memory v1.12.1 // indirect
+	schneider.vip/retryspool/middleware v0.0.2 // indirect
+	schneider.vip/retryspool/storage/data v0.0.3 // indirect
 )

@@ -38,7 +38,7 @@ func (r *Repository) StoreMetaBatch(ctx context.Context, records []metastorage.M
 	if len(rows) == 0 {
 		return nil
 	}
-	ctx, done, err := r.enter(ctx)
+	ctx, done, err := r.enterLong(ctx)
 	if err != nil {
 		return err
 	}
@@ -115,7 +115,7 @@ func (r *Repository) DueMessages(ctx context.Context, now time.Time, limit int) 
 	if limit <= 0 || limit > MaxClaim {
 		return nil, fmt.Errorf("due messages: %w: limit %d outside 1..%d", ErrInvalidInput, limit, MaxClaim)
 	}
-	ctx, done, err := r.enter(ctx)
+	ctx, done, err := r.enterLong(ctx)
 	if err != nil {
 		return nil, err
 	}
@@ -131,7 +131,7 @@ func (r *Repository) claim(ctx context.Context, op string, from, to metastorage.
 	if limit <= 0 || limit > MaxClaim {
 		return nil, fmt.Errorf("%s: %w: limit %d outside 1..%d", op, ErrInvalidInput, limit, MaxClaim)
 	}
-	ctx, done, err := r.enter(ctx)
+	ctx, done, err := r.enterLong(ctx)
 	if err != nil {
 		return nil, err
 	}

@@ -33,6 +33,7 @@ import (
 type dialect struct {
 	name         string
 	quote        byte
+	dollarVars   bool                    // placeholders are $1, $2 ... (PostgreSQL)
 	upsertPrefix string                  // before the column updates
 	upsertSet    func(col string) string // one "col = new value" term
 	forUpdate    string                  // appended to SELECTs that precede a write
@@ -108,6 +109,7 @@ var sqliteDialect = dialect{
 var postgresDialect = dialect{
 	name:         "postgres",
 	quote:        '"',
+	dollarVars:   true,
 	upsertPrefix: "ON CONFLICT (id) DO UPDATE SET ",
 	upsertSet:    func(c string) string { return c + " = excluded." + c },
 	forUpdate:    " FOR UPDATE",

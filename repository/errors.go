@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"strings"
 
-	gosqlite "github.com/glebarez/go-sqlite"
 	"gorm.io/gorm"
 	sqlite3 "modernc.org/sqlite/lib"
 	metastorage "schneider.vip/retryspool/storage/meta"
@@ -62,7 +61,9 @@ func translate(err error) error {
 	case errors.Is(err, model.ErrHeaders), errors.Is(err, model.ErrTimeRange):
 		return fmt.Errorf("%w: %w", ErrInvalidInput, err)
 	}
-	var se *gosqlite.Error
+	// Both SQLite drivers (glebarez's and internal/sqlitedriver) report the
+	// extended result code through Code().
+	var se interface{ Code() int }
 	if errors.As(err, &se) {
 		switch se.Code() & 0xff {
 		case sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED:

@@ -2,6 +2,7 @@ package repository
 
 import (
 	"context"
+	"database/sql"
 	"fmt"
 
 	metastorage "schneider.vip/retryspool/storage/meta"
@@ -75,21 +76,17 @@ func (it *Iterator) Next(ctx context.Context) (metastorage.MessageMetadata, bool
 
 func (it *Iterator) fetch(ctx context.Context) error {
 	r := it.r
-	ctx, done, err := r.enter(ctx)
+	ctx, done, err := r.enterLong(ctx)
 	if err != nil {
 		return err
 	}
 	defer done()
-	db := r.reader(ctx)
-	var args []any
-	query := r.q.iterFirst
+	var rows *sql.Rows
 	if it.started {
-		query = r.q.iterNext
-		args = []any{int(it.state), it.lastKey, it.lastKey, it.lastID, it.batchSize}
+		rows, err = r.queryR(ctx, r.f.iterNext, int(it.state), it.lastKey, it.lastKey, it.lastID, it.batchSize)
 	} else {
-		args = []any{int(it.state), it.batchSize}
+		rows, err = r.queryR(ctx, r.f.iterFirst, int(it.state), it.batchSize)
 	}
-	rows, err := db.Raw(query, args...).Rows()
 	if err != nil {
 		return fmt.Errorf("iterate %s: %w", it.state, r.closedOr(err))
 	}

@@ -58,7 +58,7 @@ func (r *Repository) ListMessages(ctx context.Context, state metastorage.QueueSt
 			return metastorage.MessageListResult{}, fmt.Errorf("list messages: %w: since: %w", ErrInvalidInput, err)
 		}
 	}
-	ctx, done, err := r.enter(ctx)
+	ctx, done, err := r.enterLong(ctx)
 	if err != nil {
 		return metastorage.MessageListResult{}, err
 	}

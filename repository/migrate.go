@@ -30,7 +30,7 @@ var legacyColumns = []string{
 // DDL commits implicitly, under a named lock instead) and is safe to run
 // from several processes at once.
 func (r *Repository) Migrate(ctx context.Context) error {
-	ctx, done, err := r.enter(ctx)
+	ctx, done, err := r.enterLong(ctx)
 	if err != nil {
 		return err
 	}

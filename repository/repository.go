@@ -6,6 +6,7 @@ package repository
 
 import (
 	"context"
+	"database/sql"
 	"errors"
 	"fmt"
 	"regexp"
@@ -87,6 +88,7 @@ type Repository struct {
 	d      dialect
 	t      tables
 	q      queries
+	f      fastStmts
 	hooks  []Hook
 	life   *lifecycle
 }
@@ -124,6 +126,7 @@ func New(ctx context.Context, db *gorm.DB, cfg Config) (*Repository, error) {
 		life:  newLifecycle(cfg.OnClose),
 	}
 	r.q = buildQueries(d, r.t)
+	r.f = buildFast(d, r.q)
 	if cfg.Writer != nil {
 		r.writer = newGroupWriter(cfg.Writer.Session(&gorm.Session{NewDB: true, SkipDefaultTransaction: true}), cfg.MaxGroupCommit)
 		r.life.closers = append([]func() error{r.writer.close}, r.life.closers...)
@@ -154,7 +157,7 @@ func (r *Repository) WithTx(tx *gorm.DB) *Repository {
 // in that transaction, beside the caller's own statements on tx. On a SQLite
 // file this transaction is the one writer's, so fn should be short.
 func (r *Repository) Transaction(ctx context.Context, fn func(tx *gorm.DB) error) error {
-	ctx, done, err := r.enter(ctx)
+	ctx, done, err := r.enterLong(ctx)
 	if err != nil {
 		return err
 	}
@@ -241,7 +244,7 @@ func (r *Repository) write(ctx context.Context, fn func(tx *gorm.DB) error) erro
 	case r.tx != nil:
 		return r.tx.WithContext(ctx).Transaction(fn)
 	case r.writer != nil:
-		return r.writer.do(ctx, fn)
+		return r.writer.do(ctx, r.life.ctx.Done(), fn)
 	}
 	var err error
 	for attempt := 0; attempt < maxTxAttempts; attempt++ {
@@ -259,7 +262,7 @@ func (r *Repository) StoreMeta(ctx context.Context, messageID string, metadata m
 	if err != nil {
 		return fmt.Errorf("store meta: %w", err)
 	}
-	ctx, done, err := r.enter(ctx)
+	ctx, done, err := r.enterWrite(ctx)
 	if err != nil {
 		return err
 	}
@@ -273,13 +276,14 @@ func (r *Repository) StoreMeta(ctx context.Context, messageID string, metadata m
 
 func (r *Repository) storeTx(ctx context.Context, tx *gorm.DB, rw row) error {
 	if len(r.hooks) == 0 {
-		return tx.Exec(r.q.upsert, rw.args...).Error
+		_, err := execW(tx, r.f.upsert, rw.args...)
+		return err
 	}
 	from, found, err := r.lockedState(tx, string(rw.m.ID))
 	if err != nil {
 		return err
 	}
-	if err := tx.Exec(r.q.upsert, rw.args...).Error; err != nil {
+	if _, err := execW(tx, r.f.upsert, rw.args...); err != nil {
 		return err
 	}
 	to := metastorage.QueueState(rw.m.State)
@@ -299,7 +303,7 @@ func (r *Repository) UpdateMeta(ctx context.Context, messageID string, metadata 
 	if err != nil {
 		return fmt.Errorf("update meta: %w", err)
 	}
-	ctx, done, err := r.enter(ctx)
+	ctx, done, err := r.enterWrite(ctx)
 	if err != nil {
 		return err
 	}
@@ -324,11 +328,13 @@ func (r *Repository) updateTx(ctx context.Context, tx *gorm.DB, rw row) error {
 		}
 	}
 	args := append(rw.args[1:len(rw.args):len(rw.args)], id)
-	res := tx.Exec(r.q.update, args...)
-	if res.Error != nil {
-		return res.Error
+	res, err := execW(tx, r.f.update, args...)
+	if err != nil {
+		return err
 	}
-	if res.RowsAffected == 0 {
+	if n, err := res.RowsAffected(); err != nil {
+		return err
+	} else if n == 0 {
 		// MySQL counts an UPDATE that changes nothing as zero rows.
 		if found, err := r.exists(tx, id); err != nil {
 			return err
@@ -348,17 +354,19 @@ func (r *Repository) DeleteMeta(ctx context.Context, messageID string) error {
 	if err := checkID(messageID); err != nil {
 		return fmt.Errorf("delete meta: %w", err)
 	}
-	ctx, done, err := r.enter(ctx)
+	ctx, done, err := r.enterWrite(ctx)
 	if err != nil {
 		return err
 	}
 	defer done()
 	err = r.write(ctx, func(tx *gorm.DB) error {
-		res := tx.Exec(r.q.del, messageID)
-		if res.Error != nil {
-			return res.Error
+		res, err := execW(tx, r.f.del, messageID)
+		if err != nil {
+			return err
 		}
-		if res.RowsAffected == 0 {
+		if n, err := res.RowsAffected(); err != nil {
+			return err
+		} else if n == 0 {
 			return metastorage.ErrMessageNotFound
 		}
 		return nil
@@ -384,13 +392,13 @@ func (r *Repository) MoveToState(ctx context.Context, messageID string, fromStat
 	if err := checkState(toState); err != nil {
 		return err
 	}
-	ctx, done, err := r.enter(ctx)
+	ctx, done, err := r.enterWrite(ctx)
 	if err != nil {
 		return err
 	}
 	defer done()
 	if fromState == toState {
-		state, found, err := r.stateOf(r.reader(ctx), messageID)
+		state, found, err := r.readState(r.queryR(ctx, r.f.state, messageID))
 		switch {
 		case err != nil:
 			return fmt.Errorf("move to state %q: %w", messageID, r.closedOr(err))
@@ -403,12 +411,14 @@ func (r *Repository) MoveToState(ctx context.Context, messageID string, fromStat
 	}
 	now := time.Now().UnixNano()
 	err = r.write(ctx, func(tx *gorm.DB) error {
-		res := tx.Exec(r.q.cas, int(toState), now, messageID, int(fromState))
-		if res.Error != nil {
-			return res.Error
+		res, err := execW(tx, r.f.cas, int(toState), now, messageID, int(fromState))
+		if err != nil {
+			return err
 		}
-		if res.RowsAffected == 0 {
-			_, found, err := r.stateOf(tx, messageID)
+		if n, err := res.RowsAffected(); err != nil {
+			return err
+		} else if n == 0 {
+			_, found, err := r.readState(queryW(tx, r.f.state, messageID))
 			switch {
 			case err != nil:
 				return err
@@ -438,15 +448,15 @@ func (r *Repository) GetMeta(ctx context.Context, messageID string) (metastorage
 		return metastorage.MessageMetadata{}, err
 	}
 	defer done()
-	md, err := r.get(r.reader(ctx), messageID)
+	md, err := r.get(ctx, messageID)
 	if err != nil {
 		return metastorage.MessageMetadata{}, fmt.Errorf("get meta %q: %w", messageID, r.closedOr(err))
 	}
 	return md, nil
 }
 
-func (r *Repository) get(db *gorm.DB, id string) (metastorage.MessageMetadata, error) {
-	rows, err := db.Raw(r.q.get, id).Rows()
+func (r *Repository) get(ctx context.Context, id string) (metastorage.MessageMetadata, error) {
+	rows, err := r.queryR(ctx, r.f.get, id)
 	if err != nil {
 		return metastorage.MessageMetadata{}, err
 	}
@@ -485,8 +495,12 @@ func (r *Repository) StateCount(ctx context.Context, state metastorage.QueueStat
 		return 0, err
 	}
 	defer done()
+	rows, err := r.queryR(ctx, r.f.count, int(state))
 	var n int64
-	if err := r.reader(ctx).Raw(r.q.count, int(state)).Row().Scan(&n); err != nil {
+	if err == nil {
+		err = scanOne(rows, &n)
+	}
+	if err != nil {
 		return 0, fmt.Errorf("count %s: %w", state, r.closedOr(err))
 	}
 	return n, nil
@@ -503,36 +517,48 @@ func (r *Repository) Close() error {
 	return r.life.close()
 }
 
-// stateOf reads the state of id without locking.
-func (r *Repository) stateOf(db *gorm.DB, id string) (metastorage.QueueState, bool, error) {
-	return r.readState(db, r.q.state, id)
-}
-
 // lockedState reads the state of id inside a write transaction, locking the
 // row on engines with row locks.
 func (r *Repository) lockedState(tx *gorm.DB, id string) (metastorage.QueueState, bool, error) {
-	return r.readState(tx, r.q.stateLock, id)
+	return r.readState(queryW(tx, r.f.stateLock, id))
 }
 
-func (r *Repository) readState(db *gorm.DB, query, id string) (metastorage.QueueState, bool, error) {
-	rows, err := db.Raw(query, id).Rows()
+// readState reads the one state column a query selected, if any row.
+func (r *Repository) readState(rows *sql.Rows, err error) (metastorage.QueueState, bool, error) {
 	if err != nil {
 		return 0, false, err
 	}
-	defer rows.Close()
-	if !rows.Next() {
-		return 0, false, rows.Err()
-	}
 	var s int
-	if err := rows.Scan(&s); err != nil {
+	if err := scanOne(rows, &s); err == sql.ErrNoRows {
+		return 0, false, nil
+	} else if err != nil {
 		return 0, false, err
 	}
-	return metastorage.QueueState(s), true, rows.Close()
+	return metastorage.QueueState(s), true, nil
 }
 
-func (r *Repository) exists(db *gorm.DB, id string) (bool, error) {
+// scanOne scans the first row into dest and closes rows; no row gives
+// sql.ErrNoRows.
+func scanOne(rows *sql.Rows, dest ...any) error {
+	defer rows.Close()
+	if !rows.Next() {
+		if err := rows.Err(); err != nil {
+			return err
+		}
+		return sql.ErrNoRows
+	}
+	if err := rows.Scan(dest...); err != nil {
+		return err
+	}
+	return rows.Close()
+}
+
+func (r *Repository) exists(tx *gorm.DB, id string) (bool, error) {
+	rows, err := queryW(tx, r.f.exists, id)
 	var n int64
-	err := db.Raw(r.q.exists, id).Row().Scan(&n)
+	if err == nil {
+		err = scanOne(rows, &n)
+	}
 	return n > 0, err
 }
 
@@ -558,11 +584,15 @@ func newLifecycle(onClose func() error) *lifecycle {
 
 func (l *lifecycle) isClosed() bool { return l.closed.Load() }
 
-// enter admits a call: it fails with ErrBackendClosed after Close, and
-// otherwise returns a context that Close cancels, and the function that ends
-// the call.
+// enter admits a call: it fails with ErrBackendClosed after Close and
+// otherwise returns the function that ends the call; Close waits for every
+// call in flight to end. The context is returned as it came: use enter for
+// calls that cannot block for long, enterLong for the others.
 func (r *Repository) enter(ctx context.Context) (context.Context, func(), error) {
 	l := r.life
+	if ctx == nil {
+		ctx = context.Background()
+	}
 	if l.closed.Load() {
 		return nil, nil, metastorage.ErrBackendClosed
 	}
@@ -575,13 +605,34 @@ func (r *Repository) enter(ctx context.Context) (context.Context, func(), error)
 		l.mu.RUnlock()
 		return nil, nil, err
 	}
+	return ctx, l.mu.RUnlock, nil
+}
+
+// enterLong is enter for calls that may wait (for locks, for a long scan):
+// their context is also cancelled by Close, so that they return instead of
+// holding Close up.
+func (r *Repository) enterLong(ctx context.Context) (context.Context, func(), error) {
+	ctx, done, err := r.enter(ctx)
+	if err != nil {
+		return nil, nil, err
+	}
 	ctx, cancel := context.WithCancel(ctx)
-	stop := context.AfterFunc(l.ctx, cancel)
+	stop := context.AfterFunc(r.life.ctx, cancel)
 	return ctx, func() {
 		stop()
 		cancel()
-		l.mu.RUnlock()
+		done()
 	}, nil
+}
+
+// enterWrite admits a single-record write. On a SQLite file the group
+// writer itself gives up waiting when Close is called, so the cheap enter
+// suffices; elsewhere the write may wait on a row lock.
+func (r *Repository) enterWrite(ctx context.Context) (context.Context, func(), error) {
+	if r.writer != nil && r.tx == nil {
+		return r.enter(ctx)
+	}
+	return r.enterLong(ctx)
 }
 
 func (l *lifecycle) close() error {

@@ -67,25 +67,34 @@ func newGroupWriter(db *gorm.DB, maxBatch int) *groupWriter {
 // A taken request runs to the end without ctx's cancellation: SQLite rolls
 // back the whole transaction when a statement in it is interrupted, which
 // would fail every other write of the batch.
-func (w *groupWriter) do(ctx context.Context, fn func(tx *gorm.DB) error) error {
+//
+// closing, when closed, makes do give up like a cancelled ctx, with
+// ErrBackendClosed.
+func (w *groupWriter) do(ctx context.Context, closing <-chan struct{}, fn func(tx *gorm.DB) error) error {
 	req := &writeReq{ctx: ctx, fn: fn, done: make(chan struct{})}
 	select {
 	case w.reqs <- req:
 	case <-ctx.Done():
 		return ctx.Err()
+	case <-closing:
+		return metastorage.ErrBackendClosed
 	case <-w.stop:
 		return metastorage.ErrBackendClosed
 	}
+	var gaveUp error
 	select {
 	case <-req.done:
 		return req.err
 	case <-ctx.Done():
-		if req.state.CompareAndSwap(reqPending, reqAbandoned) {
-			return ctx.Err()
-		}
-		<-req.done
-		return req.err
+		gaveUp = ctx.Err()
+	case <-closing:
+		gaveUp = metastorage.ErrBackendClosed
 	}
+	if req.state.CompareAndSwap(reqPending, reqAbandoned) {
+		return gaveUp
+	}
+	<-req.done
+	return req.err
 }
 
 func (w *groupWriter) loop() {
