@@ -147,7 +147,7 @@ func (r *Repository) claim(ctx context.Context, op string, from, to metastorage.
 			return nil
 		}
 		now := time.Now().UnixNano()
-		if err := tx.Exec(r.q.claimUpdate, int(to), now, int(from), ids).Error; err != nil {
+		if err := tx.Exec(r.q.claimUpdate, int(to), now, ids, int(from)).Error; err != nil {
 			return err
 		}
 		got, err := r.selectMessages(tx, r.q.byIDs, ids)

@@ -205,7 +205,9 @@ func buildQueries(d dialect, t tables) queries {
 		upsertTail:  d.upsertClause(),
 		claimIDs:    "SELECT id FROM " + m + " WHERE state = ? ORDER BY created, id LIMIT ?" + d.skipLocked,
 		claimDueIDs: "SELECT id FROM " + m + " WHERE " + due + d.skipLocked,
-		claimUpdate: "UPDATE " + m + " SET state = ?, updated = ? WHERE state = ? AND id IN ?",
+		// "state + 0" keeps SQLite from scanning the whole state through
+		// the (state, created) index instead of looking the IDs up.
+		claimUpdate: "UPDATE " + m + " SET state = ?, updated = ? WHERE id IN ? AND state + 0 = ?",
 		byIDs:       "SELECT " + columnList + " FROM " + m + " WHERE id IN ?",
 		due:         "SELECT " + columnList + " FROM " + m + " WHERE " + due,
 		upsert:      "INSERT INTO " + m + " (" + columnList + ") VALUES (" + placeholders(len(columns)) + ") " + d.upsertClause(),

@@ -1,0 +1,217 @@
+package main
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+	"strings"
+	"sync"
+	"text/tabwriter"
+	"time"
+
+	metastorage "schneider.vip/retryspool/storage/meta"
+)
+
+var stateNames = func() map[string]metastorage.QueueState {
+	m := map[string]metastorage.QueueState{}
+	for s := metastorage.StateIncoming; s <= metastorage.StateArchived; s++ {
+		m[s.String()] = s
+	}
+	return m
+}()
+
+// parseState reads a state name, case-insensitively.
+func parseState(cmd, name string) (metastorage.QueueState, error) {
+	s, ok := stateNames[strings.ToLower(name)]
+	if !ok {
+		return 0, usagef(cmd, "unknown state %q (want incoming, active, deferred, hold, bounce or archived)", name)
+	}
+	return s, nil
+}
+
+// parseAge reads a positive age: a Go duration (90m, 36h, 1h30m) or a
+// number of days (7d).
+func parseAge(cmd, flagName, v string) (time.Duration, error) {
+	if v == "" {
+		return 0, usagef(cmd, "%s needs --%s (for example 30m, 24h or 7d)", cmd, flagName)
+	}
+	var d time.Duration
+	if days, ok := strings.CutSuffix(v, "d"); ok {
+		var n int
+		if _, err := fmt.Sscanf(days, "%d", &n); err != nil || fmt.Sprint(n) != days {
+			return 0, usagef(cmd, "--%s %q: not a duration", flagName, v)
+		}
+		d = time.Duration(n) * 24 * time.Hour
+	} else {
+		var err error
+		if d, err = time.ParseDuration(v); err != nil {
+			return 0, usagef(cmd, "--%s %q: not a duration (for example 30m, 24h or 7d)", flagName, v)
+		}
+	}
+	if d <= 0 {
+		return 0, usagef(cmd, "--%s must be positive, got %q", flagName, v)
+	}
+	return d, nil
+}
+
+// parseSince reads --since: an RFC 3339 time, or an age meaning that long
+// ago.
+func parseSince(cmd, v string, now time.Time) (time.Time, error) {
+	if v == "" {
+		return time.Time{}, nil
+	}
+	if t, err := time.Parse(time.RFC3339Nano, v); err == nil {
+		return t, nil
+	}
+	d, err := parseAge(cmd, "since", v)
+	if err != nil {
+		return time.Time{}, usagef(cmd, "--since %q: want an RFC 3339 time (2024-05-01T08:00:00Z) or an age (24h, 7d)", v)
+	}
+	return now.Add(-d), nil
+}
+
+// fmtTime is a time for people: RFC 3339 in UTC, "-" for the zero time.
+func fmtTime(t time.Time) string {
+	if t.IsZero() {
+		return "-"
+	}
+	return t.UTC().Format(time.RFC3339)
+}
+
+// jsonTime is a time for scripts: RFC 3339 with nanoseconds in UTC, null
+// for the zero time.
+func jsonTime(t time.Time) *string {
+	if t.IsZero() {
+		return nil
+	}
+	s := t.UTC().Format(time.RFC3339Nano)
+	return &s
+}
+
+func fmtBytes(n int64) string {
+	const unit = 1024
+	if n < unit {
+		return fmt.Sprintf("%d B", n)
+	}
+	div, exp := int64(unit), 0
+	for m := n / unit; m >= unit; m /= unit {
+		div *= unit
+		exp++
+	}
+	return fmt.Sprintf("%.1f %ciB (%d bytes)", float64(n)/float64(div), "KMGTPE"[exp], n)
+}
+
+func writeJSON(w io.Writer, v any) error {
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	return enc.Encode(v)
+}
+
+func newTable(w io.Writer) *tabwriter.Writer {
+	return tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+}
+
+// messageJSON is a record as --json prints it.
+type messageJSON struct {
+	ID              string            `json:"id"`
+	State           string            `json:"state"`
+	Attempts        int               `json:"attempts"`
+	MaxAttempts     int               `json:"max_attempts"`
+	NextRetry       *string           `json:"next_retry"`
+	Created         *string           `json:"created"`
+	Updated         *string           `json:"updated"`
+	LastError       string            `json:"last_error"`
+	Size            int64             `json:"size"`
+	Priority        int               `json:"priority"`
+	Headers         map[string]string `json:"headers"`
+	RetryPolicyName string            `json:"retry_policy_name"`
+}
+
+func toJSON(md metastorage.MessageMetadata) messageJSON {
+	return messageJSON{
+		ID: md.ID, State: md.State.String(), Attempts: md.Attempts, MaxAttempts: md.MaxAttempts,
+		NextRetry: jsonTime(md.NextRetry), Created: jsonTime(md.Created), Updated: jsonTime(md.Updated),
+		LastError: md.LastError, Size: md.Size, Priority: md.Priority, Headers: md.Headers,
+		RetryPolicyName: md.RetryPolicyName,
+	}
+}
+
+// oneLine shortens s to n runes on one line.
+func oneLine(s string, n int) string {
+	s = strings.Join(strings.Fields(s), " ")
+	if r := []rune(s); len(r) > n {
+		return string(r[:n-1]) + "…"
+	}
+	if s == "" {
+		return "-"
+	}
+	return s
+}
+
+// progressBar draws "label [####....] 42% 4200/10000 1234/s ETA 5s" on w,
+// redrawn at most ten times a second. A nil *progressBar draws nothing.
+type progressBar struct {
+	mu    sync.Mutex
+	w     io.Writer
+	label string
+	start time.Time
+	last  time.Time
+	drawn bool
+}
+
+// newProgress returns a bar on stderr when stdout is a terminal, and nil
+// otherwise.
+func (a *app) newProgress(label string) *progressBar {
+	if !a.tty {
+		return nil
+	}
+	return &progressBar{w: a.stderr, label: label, start: time.Now()}
+}
+
+// update shows done of total (total 0: unknown).
+func (p *progressBar) update(done, total int64) {
+	if p == nil {
+		return
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	now := time.Now()
+	if p.drawn && now.Sub(p.last) < 100*time.Millisecond && (total == 0 || done < total) {
+		return
+	}
+	p.last, p.drawn = now, true
+	elapsed := now.Sub(p.start).Seconds()
+	rate := 0.0
+	if elapsed > 0 {
+		rate = float64(done) / elapsed
+	}
+	const width = 30
+	var b strings.Builder
+	fmt.Fprintf(&b, "\r%s ", p.label)
+	if total > 0 {
+		frac := min(float64(done)/float64(total), 1)
+		fill := int(frac * width)
+		fmt.Fprintf(&b, "[%s%s] %3.0f%% %d/%d", strings.Repeat("#", fill), strings.Repeat(".", width-fill), frac*100, done, total)
+	} else {
+		fmt.Fprintf(&b, "%d", done)
+	}
+	fmt.Fprintf(&b, "  %.0f/s", rate)
+	if total > 0 && rate > 0 && done < total {
+		eta := time.Duration(float64(total-done) / rate * float64(time.Second))
+		fmt.Fprintf(&b, "  ETA %s", eta.Round(time.Second))
+	}
+	b.WriteString("   ")
+	io.WriteString(p.w, b.String())
+}
+
+// done ends the bar's line.
+func (p *progressBar) done() {
+	if p == nil {
+		return
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.drawn {
+		io.WriteString(p.w, "\n")
+	}
+}
