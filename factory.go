@@ -38,6 +38,7 @@ var (
 	ErrSchemaTooNew   = repository.ErrSchemaTooNew
 	ErrForeignTable   = repository.ErrForeignTable
 	ErrIteratorClosed = repository.ErrIteratorClosed
+	ErrCopyMismatch   = repository.ErrCopyMismatch
 
 	// ErrNotDatabase reports a database path whose file is not a SQLite
 	// database, or is truncated or corrupt. The file is left untouched.
@@ -199,9 +200,15 @@ func dsn(path string, c config, writer bool) string {
 	return "file:" + uriPath(path) + "?" + strings.Join(q, "&")
 }
 
-// probeDSN opens the file read-only, with no pragma that could write.
+// probeDSN opens the existing file (mode=rw never creates it) with
+// query_only, so that no statement can write, and no pragma that could. A
+// mode=ro connection would do as well, but on a WAL database it leaves the
+// -wal and -shm files it creates behind, beside a file it refuses; this
+// one removes them on close when it is the last connection, as SQLite
+// does, without writing to the database.
 func probeDSN(path string, c config) string {
-	return "file:" + uriPath(path) + "?mode=ro&_pragma=" + url.QueryEscape("busy_timeout("+strconv.Itoa(c.busyTimeout)+")")
+	return "file:" + uriPath(path) + "?mode=rw&_pragma=" + url.QueryEscape("busy_timeout("+strconv.Itoa(c.busyTimeout)+")") +
+		"&_pragma=" + url.QueryEscape("query_only(1)")
 }
 
 // uriPath escapes what an SQLite URI gives meaning to.
@@ -273,14 +280,29 @@ func checkHeader(path string, size int64) error {
 		return fmt.Errorf("%w: %s has an invalid page size %d", ErrNotDatabase, path, pageSize)
 	}
 	// The page count is valid when the version-valid-for number matches
-	// the change counter.
-	if binary.BigEndian.Uint32(h[92:96]) == binary.BigEndian.Uint32(h[24:28]) {
+	// the change counter. It is judged only when the file is the whole
+	// database: a process that dies during a checkpoint, which writes page
+	// 1 first, leaves a file shorter than its header says, and SQLite
+	// completes it from the WAL (or rolls it back from the journal) on
+	// open.
+	if !journalHolds(path) && binary.BigEndian.Uint32(h[92:96]) == binary.BigEndian.Uint32(h[24:28]) {
 		pages := int64(binary.BigEndian.Uint32(h[28:32]))
 		if pages*pageSize > size {
 			return fmt.Errorf("%w: %s is truncated (%d bytes, the header says %d pages of %d)", ErrNotDatabase, path, size, pages, pageSize)
 		}
 	}
 	return nil
+}
+
+// journalHolds reports whether a WAL or rollback journal with content lies
+// beside the database.
+func journalHolds(path string) bool {
+	for _, suffix := range []string{"-wal", "-journal"} {
+		if fi, err := os.Stat(path + suffix); err == nil && fi.Size() > 0 {
+			return true
+		}
+	}
+	return false
 }
 
 // probe inspects an existing file on a read-only connection.
