@@ -1,7 +1,6 @@
 package repository
 
 import (
-	"context"
 	"database/sql"
 	"errors"
 	"fmt"
@@ -94,13 +93,21 @@ func isRetryable(err error) bool {
 }
 
 // closedOr returns ErrBackendClosed when the backend was closed while err
-// happened (a context the backend cancelled on Close), and err otherwise.
+// happened, and err otherwise. Close cancels the context of the calls in
+// flight, and what a driver makes of that varies: context.Canceled, an
+// interrupted statement, a transaction database/sql already rolled back, a
+// dropped connection, an I/O timeout. So once the backend is closed, every
+// error but a call's own outcome (not found, conflict, invalid input) means
+// closed; the original stays in the chain.
 func (r *Repository) closedOr(err error) error {
 	if err == nil {
 		return nil
 	}
-	if r.life.isClosed() && (errors.Is(err, context.Canceled) || errors.Is(err, metastorage.ErrBackendClosed) || strings.Contains(err.Error(), "interrupted")) {
+	err = translate(err)
+	if r.life.isClosed() && !errors.Is(err, metastorage.ErrBackendClosed) &&
+		!errors.Is(err, metastorage.ErrMessageNotFound) && !errors.Is(err, metastorage.ErrStateConflict) &&
+		!errors.Is(err, metastorage.ErrInvalidState) && !errors.Is(err, ErrInvalidInput) {
 		return fmt.Errorf("%w: %w", metastorage.ErrBackendClosed, err)
 	}
-	return translate(err)
+	return err
 }
