@@ -12,6 +12,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/glebarez/sqlite"
 	"gorm.io/gorm"
@@ -153,6 +154,7 @@ func openFile(ctx context.Context, c config, rc repository.Config) (*Repository,
 	readPool.SetMaxIdleConns(c.maxIdle)
 
 	rc.Writer = writer
+	rc.BusyTimeout = time.Duration(c.busyTimeout) * time.Millisecond
 	rc.OnClose = func() error { return errors.Join(writePool.Close(), readPool.Close()) }
 	r, err := repository.New(ctx, reader, rc)
 	if err != nil {

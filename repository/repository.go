@@ -70,6 +70,11 @@ type Config struct {
 	Writer *gorm.DB
 	// MaxGroupCommit caps how many writes share one commit (default 256).
 	MaxGroupCommit int
+	// BusyTimeout is the busy timeout the Writer's connection was opened
+	// with. With it, the writer bounds each write's whole wait for the lock
+	// (in the queue and at BEGIN) by the timeout, instead of letting a
+	// write queued behind a waiting batch wait a second timeout.
+	BusyTimeout time.Duration
 	// Hooks run inside the transaction of every state change.
 	Hooks []Hook
 	// OnClose runs once from Close, after the last call has returned; it
@@ -128,7 +133,7 @@ func New(ctx context.Context, db *gorm.DB, cfg Config) (*Repository, error) {
 	r.q = buildQueries(d, r.t)
 	r.f = buildFast(d, r.q)
 	if cfg.Writer != nil {
-		r.writer = newGroupWriter(cfg.Writer.Session(&gorm.Session{NewDB: true, SkipDefaultTransaction: true}), cfg.MaxGroupCommit)
+		r.writer = newGroupWriter(cfg.Writer.Session(&gorm.Session{NewDB: true, SkipDefaultTransaction: true}), cfg.MaxGroupCommit, cfg.BusyTimeout)
 		r.life.closers = append([]func() error{r.writer.close}, r.life.closers...)
 	}
 	if !cfg.SkipMigrate {

@@ -2,8 +2,11 @@ package repository
 
 import (
 	"context"
+	"errors"
+	"fmt"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"gorm.io/gorm"
 	metastorage "schneider.vip/retryspool/storage/meta"
@@ -28,6 +31,10 @@ type groupWriter struct {
 	stop     chan struct{}
 	stopped  chan struct{}
 	once     sync.Once
+	// busyTimeout is the connection's busy timeout (0: unknown, left
+	// alone); timeout is the one currently set on the connection.
+	busyTimeout time.Duration
+	timeout     time.Duration
 }
 
 const (
@@ -37,14 +44,15 @@ const (
 )
 
 type writeReq struct {
-	ctx   context.Context
-	fn    func(tx *gorm.DB) error
-	state atomic.Int32
-	err   error
-	done  chan struct{}
+	ctx      context.Context
+	fn       func(tx *gorm.DB) error
+	state    atomic.Int32
+	err      error
+	done     chan struct{}
+	deadline time.Time // when the request has waited the busy timeout
 }
 
-func newGroupWriter(db *gorm.DB, maxBatch int) *groupWriter {
+func newGroupWriter(db *gorm.DB, maxBatch int, busyTimeout time.Duration) *groupWriter {
 	if maxBatch <= 0 {
 		maxBatch = defaultMaxGroupCommit
 	}
@@ -54,6 +62,9 @@ func newGroupWriter(db *gorm.DB, maxBatch int) *groupWriter {
 		maxBatch: maxBatch,
 		stop:     make(chan struct{}),
 		stopped:  make(chan struct{}),
+
+		busyTimeout: busyTimeout,
+		timeout:     busyTimeout,
 	}
 	go w.loop()
 	return w
@@ -72,6 +83,9 @@ func newGroupWriter(db *gorm.DB, maxBatch int) *groupWriter {
 // ErrBackendClosed.
 func (w *groupWriter) do(ctx context.Context, closing <-chan struct{}, fn func(tx *gorm.DB) error) error {
 	req := &writeReq{ctx: ctx, fn: fn, done: make(chan struct{})}
+	if w.busyTimeout > 0 {
+		req.deadline = time.Now().Add(w.busyTimeout)
+	}
 	select {
 	case w.reqs <- req:
 	case <-ctx.Done():
@@ -140,7 +154,10 @@ func (w *groupWriter) failQueued() {
 func (w *groupWriter) run(batch []*writeReq) {
 	// Take the write lock first: while BEGIN IMMEDIATE waits for another
 	// process, callers may still give up and withdraw their requests.
-	tx := w.db.Begin()
+	tx := w.begin(&batch)
+	if tx == nil {
+		return
+	}
 	live := batch[:0]
 	for _, req := range batch {
 		if !req.state.CompareAndSwap(reqPending, reqTaken) {
@@ -217,6 +234,67 @@ func (w *groupWriter) run(batch []*writeReq) {
 				req.err = err
 			}
 		}
+	}
+}
+
+// begin starts the batch's transaction. Each request may wait for the lock
+// for the busy timeout in all, counted from when it was made: BEGIN waits
+// only as long as the batch's oldest pending request may still wait, and
+// when it gives up, the requests whose time is up fail with ErrBusy while
+// the others try again. It returns nil when no request is left (all
+// answered); otherwise a transaction, or one carrying the error that every
+// request of the batch is to get.
+func (w *groupWriter) begin(batch *[]*writeReq) *gorm.DB {
+	for {
+		w.setTimeout(*batch)
+		tx := w.db.Begin()
+		if tx.Error == nil || w.busyTimeout <= 0 || !errors.Is(translate(tx.Error), ErrBusy) {
+			return tx
+		}
+		now := time.Now()
+		keep := (*batch)[:0]
+		for _, req := range *batch {
+			switch {
+			case req.state.Load() != reqPending:
+				// given up: drop it
+			case !now.Before(req.deadline.Add(-time.Millisecond)):
+				if req.state.CompareAndSwap(reqPending, reqTaken) {
+					req.err = tx.Error
+					close(req.done)
+				}
+			default:
+				keep = append(keep, req)
+			}
+		}
+		*batch = keep
+		if len(keep) == 0 {
+			return nil
+		}
+	}
+}
+
+// setTimeout sets the connection's busy timeout to what the batch's oldest
+// pending request has left of its own, when that is notably less than the
+// configured one.
+func (w *groupWriter) setTimeout(batch []*writeReq) {
+	if w.busyTimeout <= 0 {
+		return
+	}
+	want := w.busyTimeout
+	now := time.Now()
+	for _, req := range batch {
+		if req.state.Load() == reqPending {
+			want = min(want, max(req.deadline.Sub(now), time.Millisecond))
+		}
+	}
+	if want > w.busyTimeout-10*time.Millisecond {
+		want = w.busyTimeout // close enough: spare the statement
+	}
+	if want == w.timeout {
+		return
+	}
+	if err := w.db.Exec(fmt.Sprintf("PRAGMA busy_timeout = %d", want.Milliseconds())).Error; err == nil {
+		w.timeout = want
 	}
 }
 
