@@ -3,8 +3,10 @@ package metatest
 import (
 	"context"
 	"errors"
+	"fmt"
 	"sort"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -29,6 +31,7 @@ func RunRepository(t *testing.T, newRepo func(t *testing.T) *repository.Reposito
 		{"DueMessagesAndClaimDue", rs.testDue},
 		{"ClaimRace", rs.testClaimRace},
 		{"ClaimDueRace", rs.testClaimDueRace},
+		{"SchedulerChurn", rs.testSchedulerChurn},
 		{"StateCount", rs.testStateCount},
 		{"WithTxCommit", rs.testWithTxCommit},
 		{"WithTxRollback", rs.testWithTxRollback},
@@ -385,6 +388,101 @@ func (rs *repoSuite) testClaimDueRace(t *testing.T) {
 		return r.ClaimDue(ctx, at(29), 5)
 	})
 	requireCounts(t, r, counts{metastorage.StateActive: len(due), metastorage.StateDeferred: len(recs) - len(due)})
+}
+
+// testSchedulerChurn runs what a scheduler pool does all day: workers claim
+// due messages, put most of them back as deferred with a later (still due)
+// retry, and archive them after their last attempt. Claims, updates and
+// moves then walk the same index ranges at once, which is where engines
+// that lock ranges deadlock. No message may be held by two workers at
+// once, every one must end archived after exactly maxTries claims, and no
+// call may fail.
+func (rs *repoSuite) testSchedulerChurn(t *testing.T) {
+	r := rs.repo(t)
+	ctx := ctxT(t)
+	const (
+		messages = 1000
+		workers  = 64
+		maxTries = 3
+	)
+	recs := make([]metastorage.MessageMetadata, messages)
+	index := make(map[string]int, messages)
+	for i := range recs {
+		recs[i] = Message(seqID("s", i), metastorage.StateDeferred, at(0))
+		recs[i].Attempts = 0
+		recs[i].NextRetry = at(i % 10)
+		index[recs[i].ID] = i
+	}
+	require.NoError(t, r.StoreMetaBatch(ctx, recs))
+
+	held := make([]atomic.Bool, messages)
+	claims := make([]atomic.Int32, messages)
+	var archived atomic.Int32
+	ctx, stop := context.WithCancel(ctx)
+	defer stop()
+	var (
+		mu       sync.Mutex
+		firstErr error
+		wg       sync.WaitGroup
+	)
+	for range workers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			err := func() error {
+				for archived.Load() < messages {
+					mds, err := r.ClaimDue(ctx, at(100), 5)
+					if err != nil {
+						return fmt.Errorf("ClaimDue: %w", err)
+					}
+					if len(mds) == 0 {
+						time.Sleep(time.Millisecond)
+						continue
+					}
+					for _, md := range mds {
+						i, ok := index[md.ID]
+						if !ok {
+							return fmt.Errorf("claimed unknown message %q", md.ID)
+						}
+						if !held[i].CompareAndSwap(false, true) {
+							return fmt.Errorf("message %s claimed while another worker holds it", md.ID)
+						}
+						claims[i].Add(1)
+						if md.Attempts+1 >= maxTries {
+							held[i].Store(false)
+							if err := r.MoveToState(ctx, md.ID, metastorage.StateActive, metastorage.StateArchived); err != nil {
+								return fmt.Errorf("archive %s: %w", md.ID, err)
+							}
+							archived.Add(1)
+							continue
+						}
+						md.State = metastorage.StateDeferred
+						md.Attempts++
+						md.NextRetry = at(10 + md.Attempts*10 + i%10)
+						held[i].Store(false)
+						if err := r.UpdateMeta(ctx, md.ID, md); err != nil {
+							return fmt.Errorf("defer %s: %w", md.ID, err)
+						}
+					}
+				}
+				return nil
+			}()
+			if err != nil {
+				mu.Lock()
+				if firstErr == nil {
+					firstErr = err
+				}
+				mu.Unlock()
+				stop() // the first failure ends the run
+			}
+		}()
+	}
+	wg.Wait()
+	require.NoError(t, firstErr)
+	for i := range claims {
+		require.Equal(t, int32(maxTries), claims[i].Load(), "claims of %s", recs[i].ID)
+	}
+	requireCounts(t, r, counts{metastorage.StateArchived: messages})
 }
 
 func (rs *repoSuite) testStateCount(t *testing.T) {

@@ -44,7 +44,8 @@ type dialect struct {
 	triggers     func(t tables) []string // DDL that creates the count triggers
 	dropTriggers func(t tables) []string // DDL that removes them
 	lockSchema   func(tx *gorm.DB, key string) (unlock func(), err error)
-	readTx       *sql.TxOptions
+	readTx       *sql.TxOptions // list pages: one consistent snapshot
+	writeTx      *sql.TxOptions // transactions of our own that write
 }
 
 const counterShards = 16
@@ -197,6 +198,12 @@ var mysqlDialect = dialect{
 		return func() { tx.Exec("SELECT RELEASE_LOCK(?)", "retryspool:"+key) }, nil
 	},
 	readTx: &sql.TxOptions{ReadOnly: true, Isolation: sql.LevelRepeatableRead},
+	// InnoDB's REPEATABLE READ takes next-key (gap) locks on every range a
+	// locking read scans, so two claims walking the same index deadlock
+	// each other. READ COMMITTED locks only the rows it returns; the
+	// compare-and-swaps do not need more, since an UPDATE or a locking
+	// SELECT reads the latest committed row at any level.
+	writeTx: &sql.TxOptions{Isolation: sql.LevelReadCommitted},
 }
 
 func lockKey(s string) int64 {

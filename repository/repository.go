@@ -255,7 +255,7 @@ func (r *Repository) write(ctx context.Context, fn func(tx *gorm.DB) error) erro
 	}
 	var err error
 	for attempt := 0; attempt < maxTxAttempts; attempt++ {
-		err = r.db.WithContext(ctx).Transaction(fn)
+		err = r.db.WithContext(ctx).Transaction(fn, r.d.writeTx)
 		if !isRetryable(err) || ctx.Err() != nil {
 			return err
 		}
