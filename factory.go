@@ -154,6 +154,9 @@ func openFile(ctx context.Context, c config, rc repository.Config) (*Repository,
 	readPool.SetMaxIdleConns(c.maxIdle)
 
 	rc.Writer = writer
+	if c.journalMode == "WAL" {
+		rc.Checkpoint = reader
+	}
 	rc.BusyTimeout = time.Duration(c.busyTimeout) * time.Millisecond
 	rc.OnClose = func() error { return errors.Join(writePool.Close(), readPool.Close()) }
 	r, err := repository.New(ctx, reader, rc)
@@ -162,6 +165,12 @@ func openFile(ctx context.Context, c config, rc repository.Config) (*Repository,
 	}
 	return r, nil
 }
+
+// writerAutoCheckpoint is the WAL size, in pages, at which the write
+// connection checkpoints by itself (SQLite's default is 1,000): with the
+// background checkpointer keeping up, it is reached only under sustained
+// load, and then copies only what the checkpointer has not yet.
+const writerAutoCheckpoint = 4000
 
 // dialector is GORM's SQLite dialect on this library's driver, which keeps
 // statements compiled (see internal/sqlitedriver).
@@ -195,6 +204,14 @@ func dsn(path string, c config, writer bool) string {
 		"_pragma="+url.QueryEscape("foreign_keys("+fk+")"),
 	)
 	if writer {
+		// Savepoints of a group commit keep their undo pages in memory.
+		q = append(q, "_pragma="+url.QueryEscape("temp_store(MEMORY)"))
+		if c.journalMode == "WAL" {
+			// A background checkpointer copies the WAL back after
+			// commits (see repository.Config.Checkpoint); the writer
+			// checkpoints itself only when the WAL outgrows this.
+			q = append(q, "_pragma="+url.QueryEscape("wal_autocheckpoint("+strconv.Itoa(writerAutoCheckpoint)+")"))
+		}
 		// Write transactions take the write lock at BEGIN, where the busy
 		// timeout applies, instead of failing to upgrade a read lock later.
 		q = append(q, "_txlock=immediate")

@@ -425,3 +425,31 @@ func TestFactoryWithDBLeavesTheDatabaseOpen(t *testing.T) {
 	require.NoError(t, db.Table("app_queue").Count(&n).Error)
 	require.EqualValues(t, 1, n)
 }
+
+// TestFactoryCheckpointsInBackground shows that committed writes reach the
+// database file without the writer checkpointing: a hundred small commits
+// stay far below the writer's own automatic checkpoint threshold, so only
+// the background checkpointer can copy them out of the WAL.
+func TestFactoryCheckpointsInBackground(t *testing.T) {
+	t.Parallel()
+	path := testdb.SQLitePath(t)
+	r := facOpen(t, sqlitemeta.WithDatabasePath(path))
+	size := func() int64 {
+		fi, err := os.Stat(path)
+		require.NoError(t, err)
+		return fi.Size()
+	}
+	before := size()
+	ctx := context.Background()
+	for i := range 100 {
+		require.NoError(t, r.StoreMeta(ctx, fmt.Sprintf("ckpt-%03d", i), facMeta(fmt.Sprintf("ckpt-%03d", i), metastorage.StateIncoming)))
+	}
+	wal, err := os.Stat(path + "-wal")
+	require.NoError(t, err)
+	require.NotZero(t, wal.Size(), "the commits went to the WAL")
+	require.Eventually(t, func() bool { return size() > before }, 10*time.Second, 10*time.Millisecond,
+		"the database file never grew past %d bytes: nothing was checkpointed", before)
+	n, err := r.StateCount(ctx, metastorage.StateIncoming)
+	require.NoError(t, err)
+	require.Equal(t, int64(100), n)
+}

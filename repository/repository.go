@@ -75,6 +75,13 @@ type Config struct {
 	// (in the queue and at BEGIN) by the timeout, instead of letting a
 	// write queued behind a waiting batch wait a second timeout.
 	BusyTimeout time.Duration
+	// Checkpoint, when set with Writer, is the pool on which a goroutine
+	// runs PASSIVE WAL checkpoints after the writer's commits, so that
+	// copying the WAL back into the database (and its fsyncs) happens
+	// beside the writes instead of inside a commit. Open the Writer with a
+	// raised wal_autocheckpoint: its own automatic checkpoint then only
+	// bounds the WAL when the background one falls behind.
+	Checkpoint *gorm.DB
 	// Hooks run inside the transaction of every state change.
 	Hooks []Hook
 	// OnClose runs once from Close, after the last call has returned; it
@@ -134,6 +141,9 @@ func New(ctx context.Context, db *gorm.DB, cfg Config) (*Repository, error) {
 	r.f = buildFast(d, r.q)
 	if cfg.Writer != nil {
 		r.writer = newGroupWriter(cfg.Writer.Session(&gorm.Session{NewDB: true, SkipDefaultTransaction: true}), cfg.MaxGroupCommit, cfg.BusyTimeout)
+		if cfg.Checkpoint != nil {
+			r.writer.ckpt = newCheckpointer(cfg.Checkpoint)
+		}
 		r.life.closers = append([]func() error{r.writer.close}, r.life.closers...)
 	}
 	if !cfg.SkipMigrate {

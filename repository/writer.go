@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"runtime"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -35,6 +36,7 @@ type groupWriter struct {
 	// alone); timeout is the one currently set on the connection.
 	busyTimeout time.Duration
 	timeout     time.Duration
+	ckpt        *checkpointer // nil: SQLite checkpoints inside commits
 }
 
 const (
@@ -114,6 +116,7 @@ func (w *groupWriter) do(ctx context.Context, closing <-chan struct{}, fn func(t
 func (w *groupWriter) loop() {
 	defer close(w.stopped)
 	batch := make([]*writeReq, 0, w.maxBatch)
+	prev := 0 // size of the last batch
 	for {
 		select {
 		case req := <-w.reqs:
@@ -122,15 +125,27 @@ func (w *groupWriter) loop() {
 			w.failQueued()
 			return
 		}
-	gather:
-		for len(batch) < w.maxBatch {
-			select {
-			case req := <-w.reqs:
-				batch = append(batch, req)
-			default:
-				break gather
+		// Gather what is queued. Under load, the callers of the last
+		// batch are still on their way back with their next write: when
+		// fewer than half as many are queued, yield a few times so that
+		// they join this commit instead of the next (one commit per
+		// handful of writes would cost as much as one per write).
+		for spin := 0; ; spin++ {
+		gather:
+			for len(batch) < w.maxBatch {
+				select {
+				case req := <-w.reqs:
+					batch = append(batch, req)
+				default:
+					break gather
+				}
 			}
+			if spin >= 4 || len(batch) >= prev/2 {
+				break
+			}
+			runtime.Gosched()
 		}
+		prev = len(batch)
 		w.run(batch)
 		clear(batch)
 	}
@@ -195,19 +210,21 @@ func (w *groupWriter) run(batch []*writeReq) {
 			tx.Rollback()
 			return
 		}
-		req.err = tx.Commit().Error
+		if req.err = tx.Commit().Error; req.err == nil {
+			w.ckpt.kick()
+		}
 		return
 	}
 
 	committed := 0
 	for i, req := range live {
-		if err := tx.Exec("SAVEPOINT gc").Error; err != nil {
+		if _, err := execW(tx, "SAVEPOINT gc"); err != nil {
 			req.err = err
 			continue
 		}
 		if req.err = req.fn(tx.WithContext(context.WithoutCancel(req.ctx))); req.err == nil {
 			committed++
-		} else if err := tx.Exec("ROLLBACK TO gc").Error; err != nil {
+		} else if _, err := execW(tx, "ROLLBACK TO gc"); err != nil {
 			// The transaction is unusable: nothing of it may commit.
 			tx.Rollback()
 			for _, r := range live[:i+1] {
@@ -220,7 +237,7 @@ func (w *groupWriter) run(batch []*writeReq) {
 			}
 			return
 		}
-		if err := tx.Exec("RELEASE gc").Error; err != nil && req.err == nil {
+		if _, err := execW(tx, "RELEASE gc"); err != nil && req.err == nil {
 			req.err = err
 		}
 	}
@@ -234,7 +251,9 @@ func (w *groupWriter) run(batch []*writeReq) {
 				req.err = err
 			}
 		}
+		return
 	}
+	w.ckpt.kick()
 }
 
 // begin starts the batch's transaction. Each request may wait for the lock
@@ -303,5 +322,74 @@ func (w *groupWriter) setTimeout(batch []*writeReq) {
 func (w *groupWriter) close() error {
 	w.once.Do(func() { close(w.stop) })
 	<-w.stopped
+	w.ckpt.close()
 	return nil
+}
+
+// checkpointInterval spaces the background checkpoints: each one copies
+// what was committed since the last, and ends with an fsync of the
+// database file, so running them back to back would buy little.
+const checkpointInterval = 10 * time.Millisecond
+
+// checkpointer copies committed WAL frames back into the database file on
+// a connection of its own, after commits, so that the writer does not
+// stop to do it. PASSIVE never waits for readers or the writer; whatever
+// it could not copy, the next one will. Errors are left alone: the
+// writer's own automatic checkpoint still bounds the WAL.
+type checkpointer struct {
+	db      *gorm.DB
+	kicks   chan struct{}
+	stop    chan struct{}
+	stopped chan struct{}
+	once    sync.Once
+}
+
+func newCheckpointer(db *gorm.DB) *checkpointer {
+	c := &checkpointer{
+		db:      db,
+		kicks:   make(chan struct{}, 1),
+		stop:    make(chan struct{}),
+		stopped: make(chan struct{}),
+	}
+	go c.loop()
+	return c
+}
+
+// kick tells the checkpointer that there is something to copy.
+func (c *checkpointer) kick() {
+	if c == nil {
+		return
+	}
+	select {
+	case c.kicks <- struct{}{}:
+	default:
+	}
+}
+
+func (c *checkpointer) loop() {
+	defer close(c.stopped)
+	pause := time.NewTimer(0)
+	defer pause.Stop()
+	for {
+		select {
+		case <-c.kicks:
+		case <-c.stop:
+			return
+		}
+		c.db.Exec("PRAGMA wal_checkpoint(PASSIVE)")
+		pause.Reset(checkpointInterval)
+		select {
+		case <-pause.C:
+		case <-c.stop:
+			return
+		}
+	}
+}
+
+func (c *checkpointer) close() {
+	if c == nil {
+		return
+	}
+	c.once.Do(func() { close(c.stop) })
+	<-c.stopped
 }
