@@ -11,8 +11,9 @@ import (
 
 // The hot statements (one row by ID, the iterator's pages, the counters)
 // skip GORM's statement building and go to database/sql directly, in the
-// engine's own placeholder syntax. (Preparing them would not help on SQLite:
-// the glebarez driver compiles the SQL text on every execution anyway.)
+// engine's own placeholder syntax. On a SQLite file opened by the factory,
+// the library's driver keeps each connection's statements compiled by SQL
+// text, so the same text is as good as a prepared statement.
 
 // fastStmts are the hot statements of a table, in the engine's placeholder
 // syntax.
