@@ -273,6 +273,25 @@ func (r *Repository) write(ctx context.Context, fn func(tx *gorm.DB) error) erro
 	return err
 }
 
+// writeOne is write for an fn whose first statement is its only write
+// when no hook is registered (what follows only reads, to tell why nothing
+// changed). Such a statement is atomic on its own, triggers included, so
+// on a server engine it runs without a transaction around it: one round
+// trip instead of three. Elsewhere it is write.
+func (r *Repository) writeOne(ctx context.Context, fn func(tx *gorm.DB) error) error {
+	if r.tx != nil || r.writer != nil || len(r.hooks) > 0 {
+		return r.write(ctx, fn)
+	}
+	var err error
+	for attempt := 0; attempt < maxTxAttempts; attempt++ {
+		err = fn(r.db.WithContext(ctx))
+		if !isRetryable(err) || ctx.Err() != nil {
+			return err
+		}
+	}
+	return err
+}
+
 // StoreMeta creates or replaces the whole record of messageID.
 func (r *Repository) StoreMeta(ctx context.Context, messageID string, metadata metastorage.MessageMetadata) error {
 	rw, err := toRow(messageID, metadata)
@@ -284,7 +303,7 @@ func (r *Repository) StoreMeta(ctx context.Context, messageID string, metadata m
 		return err
 	}
 	defer done()
-	err = r.write(ctx, func(tx *gorm.DB) error { return r.storeTx(ctx, tx, rw) })
+	err = r.writeOne(ctx, func(tx *gorm.DB) error { return r.storeTx(ctx, tx, rw) })
 	if err != nil {
 		return fmt.Errorf("store meta %q: %w", messageID, r.closedOr(err))
 	}
@@ -325,7 +344,7 @@ func (r *Repository) UpdateMeta(ctx context.Context, messageID string, metadata 
 		return err
 	}
 	defer done()
-	err = r.write(ctx, func(tx *gorm.DB) error { return r.updateTx(ctx, tx, rw) })
+	err = r.writeOne(ctx, func(tx *gorm.DB) error { return r.updateTx(ctx, tx, rw) })
 	if err != nil {
 		return fmt.Errorf("update meta %q: %w", messageID, r.closedOr(err))
 	}
@@ -376,7 +395,7 @@ func (r *Repository) DeleteMeta(ctx context.Context, messageID string) error {
 		return err
 	}
 	defer done()
-	err = r.write(ctx, func(tx *gorm.DB) error {
+	err = r.writeOne(ctx, func(tx *gorm.DB) error {
 		res, err := execW(tx, r.f.del, messageID)
 		if err != nil {
 			return err
@@ -427,7 +446,7 @@ func (r *Repository) MoveToState(ctx context.Context, messageID string, fromStat
 		return nil
 	}
 	now := time.Now().UnixNano()
-	err = r.write(ctx, func(tx *gorm.DB) error {
+	err = r.writeOne(ctx, func(tx *gorm.DB) error {
 		res, err := execW(tx, r.f.cas, int(toState), now, messageID, int(fromState))
 		if err != nil {
 			return err
