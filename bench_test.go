@@ -162,19 +162,21 @@ func runParallel(b *testing.B, goroutines int, setup func(g int), body func(pb *
 	b.StopTimer()
 }
 
-// BenchmarkStoreMeta creates new records: sequentially and from 8 and 64
-// goroutines, with synchronous NORMAL and FULL.
-func BenchmarkStoreMeta(b *testing.B) {
+// writeBench runs op under synchronous NORMAL and FULL, from one caller
+// ("seq") and from each of writerCounts goroutines, on the library and on
+// the floor. prepare runs before the timer with the number of callers; op
+// gets its caller's number (from 0) and the caller's call count.
+func writeBench(b *testing.B, prepare func(b *testing.B, be benchBackend, callers int),
+	op func(ctx context.Context, be benchBackend, caller, i int) error) {
+	ctx := context.Background()
 	for _, sync := range []string{"NORMAL", "FULL"} {
 		b.Run(sync, func(b *testing.B) {
 			b.Run("seq", func(b *testing.B) {
 				libAndFloor(b, sync, func(b *testing.B, be benchBackend) {
-					ctx := context.Background()
-					md := benchRecord(0, metastorage.StateIncoming)
+					prepare(b, be, 1)
 					b.ResetTimer()
 					for i := 0; i < b.N; i++ {
-						md.ID = benchID(i)
-						if err := be.StoreMeta(ctx, md.ID, md); err != nil {
+						if err := op(ctx, be, 0, i); err != nil {
 							b.Fatal(err)
 						}
 					}
@@ -185,14 +187,11 @@ func BenchmarkStoreMeta(b *testing.B) {
 			for _, g := range writerCounts {
 				b.Run(strconv.Itoa(g), func(b *testing.B) {
 					libAndFloor(b, sync, func(b *testing.B, be benchBackend) {
-						ctx := context.Background()
-						md := benchRecord(0, metastorage.StateIncoming)
-						var next atomic.Int64
-						runParallel(b, g, func(int) {}, func(pb *testing.PB) {
-							md := md
-							for pb.Next() {
-								md.ID = benchID(int(next.Add(1)))
-								if err := be.StoreMeta(ctx, md.ID, md); err != nil {
+						var callers atomic.Int64
+						runParallel(b, g, func(n int) { prepare(b, be, n) }, func(pb *testing.PB) {
+							caller := int(callers.Add(1) - 1)
+							for i := 0; pb.Next(); i++ {
+								if err := op(ctx, be, caller, i); err != nil {
 									b.Error(err)
 									return
 								}
@@ -204,6 +203,19 @@ func BenchmarkStoreMeta(b *testing.B) {
 			}
 		})
 	}
+}
+
+// BenchmarkStoreMeta creates new records: sequentially and from 8 and 64
+// goroutines, with synchronous NORMAL and FULL.
+func BenchmarkStoreMeta(b *testing.B) {
+	rec := benchRecord(0, metastorage.StateIncoming)
+	var next atomic.Int64
+	writeBench(b, func(*testing.B, benchBackend, int) { next.Store(0) },
+		func(ctx context.Context, be benchBackend, _, _ int) error {
+			md := rec
+			md.ID = benchID(int(next.Add(1)))
+			return be.StoreMeta(ctx, md.ID, md)
+		})
 }
 
 // BenchmarkUpdateMeta rewrites whole records, changing their state each
@@ -239,52 +251,16 @@ func BenchmarkUpdateMeta(b *testing.B) {
 // sequentially and from 8 and 64 goroutines, each owning its messages, with
 // synchronous NORMAL and FULL.
 func BenchmarkMoveToState(b *testing.B) {
-	const perGoroutine = 200
-	move := func(ctx context.Context, be benchBackend, i, k int) error {
+	const perCaller = 200
+	writeBench(b, func(b *testing.B, be benchBackend, callers int) {
+		populate(b, be, callers*perCaller, metastorage.StateIncoming)
+	}, func(ctx context.Context, be benchBackend, caller, i int) error {
 		from, to := metastorage.StateIncoming, metastorage.StateActive
-		if (i/perGoroutine)%2 == 1 {
+		if (i/perCaller)%2 == 1 {
 			from, to = to, from
 		}
-		return be.MoveToState(ctx, benchID(k), from, to)
-	}
-	for _, sync := range []string{"NORMAL", "FULL"} {
-		b.Run(sync, func(b *testing.B) {
-			b.Run("seq", func(b *testing.B) {
-				libAndFloor(b, sync, func(b *testing.B, be benchBackend) {
-					ctx := context.Background()
-					populate(b, be, perGoroutine, metastorage.StateIncoming)
-					b.ResetTimer()
-					for i := 0; i < b.N; i++ {
-						if err := move(ctx, be, i, i%perGoroutine); err != nil {
-							b.Fatal(err)
-						}
-					}
-					b.StopTimer()
-					reportOps(b, "ops/s")
-				})
-			})
-			for _, g := range writerCounts {
-				b.Run(strconv.Itoa(g), func(b *testing.B) {
-					libAndFloor(b, sync, func(b *testing.B, be benchBackend) {
-						ctx := context.Background()
-						var gid atomic.Int64
-						runParallel(b, g, func(n int) {
-							populate(b, be, n*perGoroutine, metastorage.StateIncoming)
-						}, func(pb *testing.PB) {
-							base := int(gid.Add(1)-1) * perGoroutine
-							for i := 0; pb.Next(); i++ {
-								if err := move(ctx, be, i, base+i%perGoroutine); err != nil {
-									b.Error(err)
-									return
-								}
-							}
-						})
-						reportOps(b, "ops/s")
-					})
-				})
-			}
-		})
-	}
+		return be.MoveToState(ctx, benchID(caller*perCaller+i%perCaller), from, to)
+	})
 }
 
 // BenchmarkGetMeta reads whole records, headers decoded.
