@@ -614,7 +614,7 @@ func crashRounds(t *testing.T, path string, plans []crashPlan) {
 // journal, which leaves a hot journal for the next open to roll back.
 func TestCrashKillDuringWrites(t *testing.T) {
 	t.Parallel()
-	normal, full, rollback := 9, 3, 3
+	normal, full, rollback := 14, 3, 3
 	if relLong() {
 		normal, full, rollback = 45, 15, 15
 	}
