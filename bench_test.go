@@ -205,6 +205,21 @@ func writeBench(b *testing.B, prepare func(b *testing.B, be benchBackend, caller
 	}
 }
 
+// seqBench stores m records in state, then times op for i from 0 to
+// b.N-1, one call after the other.
+func seqBench(b *testing.B, be benchBackend, m int, state metastorage.QueueState, op func(ctx context.Context, i int) error) {
+	ctx := context.Background()
+	populate(b, be, m, state)
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		if err := op(ctx, i); err != nil {
+			b.Fatal(err)
+		}
+	}
+	b.StopTimer()
+	reportOps(b, "ops/s")
+}
+
 // BenchmarkStoreMeta creates new records: sequentially and from 8 and 64
 // goroutines, with synchronous NORMAL and FULL.
 func BenchmarkStoreMeta(b *testing.B) {
@@ -223,14 +238,11 @@ func BenchmarkStoreMeta(b *testing.B) {
 func BenchmarkUpdateMeta(b *testing.B) {
 	const m = 1000
 	libAndFloor(b, "NORMAL", func(b *testing.B, be benchBackend) {
-		ctx := context.Background()
-		populate(b, be, m, metastorage.StateActive)
 		recs := make([]metastorage.MessageMetadata, m)
 		for i := range recs {
 			recs[i] = benchRecord(i, metastorage.StateActive)
 		}
-		b.ResetTimer()
-		for i := 0; i < b.N; i++ {
+		seqBench(b, be, m, metastorage.StateActive, func(ctx context.Context, i int) error {
 			md := &recs[i%m]
 			md.Attempts++
 			md.LastError = "451 try again later"
@@ -238,12 +250,8 @@ func BenchmarkUpdateMeta(b *testing.B) {
 			if (i/m)%2 == 1 {
 				md.State = metastorage.StateActive
 			}
-			if err := be.UpdateMeta(ctx, md.ID, *md); err != nil {
-				b.Fatal(err)
-			}
-		}
-		b.StopTimer()
-		reportOps(b, "ops/s")
+			return be.UpdateMeta(ctx, md.ID, *md)
+		})
 	})
 }
 
@@ -267,20 +275,13 @@ func BenchmarkMoveToState(b *testing.B) {
 func BenchmarkGetMeta(b *testing.B) {
 	const m = 1000
 	libAndFloor(b, "NORMAL", func(b *testing.B, be benchBackend) {
-		ctx := context.Background()
-		populate(b, be, m, metastorage.StateIncoming)
-		b.ResetTimer()
-		for i := 0; i < b.N; i++ {
+		seqBench(b, be, m, metastorage.StateIncoming, func(ctx context.Context, i int) error {
 			md, err := be.GetMeta(ctx, benchID(i%m))
-			if err != nil {
-				b.Fatal(err)
+			if err == nil && len(md.Headers) != 4 {
+				err = fmt.Errorf("headers: %v", md.Headers)
 			}
-			if len(md.Headers) != 4 {
-				b.Fatalf("headers: %v", md.Headers)
-			}
-		}
-		b.StopTimer()
-		reportOps(b, "ops/s")
+			return err
+		})
 	})
 }
 
@@ -808,58 +809,36 @@ func BenchmarkServer(b *testing.B) {
 					})
 				})
 			}
+			const m = 200
 			b.Run("UpdateMeta", func(b *testing.B) {
 				pair(b, func(b *testing.B, be benchBackend) {
-					const m = 200
-					ctx := context.Background()
-					populate(b, be, m, metastorage.StateActive)
-					b.ResetTimer()
-					for i := 0; i < b.N; i++ {
+					seqBench(b, be, m, metastorage.StateActive, func(ctx context.Context, i int) error {
 						md := benchRecord(i%m, metastorage.StateDeferred)
 						md.Attempts = i
 						if (i/m)%2 == 1 {
 							md.State = metastorage.StateActive
 						}
-						if err := be.UpdateMeta(ctx, md.ID, md); err != nil {
-							b.Fatal(err)
-						}
-					}
-					b.StopTimer()
-					reportOps(b, "ops/s")
+						return be.UpdateMeta(ctx, md.ID, md)
+					})
 				})
 			})
 			b.Run("MoveToState", func(b *testing.B) {
 				pair(b, func(b *testing.B, be benchBackend) {
-					const m = 200
-					ctx := context.Background()
-					populate(b, be, m, metastorage.StateIncoming)
-					b.ResetTimer()
-					for i := 0; i < b.N; i++ {
+					seqBench(b, be, m, metastorage.StateIncoming, func(ctx context.Context, i int) error {
 						from, to := metastorage.StateIncoming, metastorage.StateActive
 						if (i/m)%2 == 1 {
 							from, to = to, from
 						}
-						if err := be.MoveToState(ctx, benchID(i%m), from, to); err != nil {
-							b.Fatal(err)
-						}
-					}
-					b.StopTimer()
-					reportOps(b, "ops/s")
+						return be.MoveToState(ctx, benchID(i%m), from, to)
+					})
 				})
 			})
 			b.Run("GetMeta", func(b *testing.B) {
 				pair(b, func(b *testing.B, be benchBackend) {
-					const m = 200
-					ctx := context.Background()
-					populate(b, be, m, metastorage.StateIncoming)
-					b.ResetTimer()
-					for i := 0; i < b.N; i++ {
-						if _, err := be.GetMeta(ctx, benchID(i%m)); err != nil {
-							b.Fatal(err)
-						}
-					}
-					b.StopTimer()
-					reportOps(b, "ops/s")
+					seqBench(b, be, m, metastorage.StateIncoming, func(ctx context.Context, i int) error {
+						_, err := be.GetMeta(ctx, benchID(i%m))
+						return err
+					})
 				})
 			})
 			b.Run("Iterate", func(b *testing.B) {
