@@ -412,30 +412,33 @@ func benchCount(b *testing.B, ops readOps, state metastorage.QueueState, total i
 // state of 10,000 messages.
 func BenchmarkListMessages(b *testing.B) {
 	const m = 10000
-	b.Run("lib", func(b *testing.B) {
-		r := openBenchLib(b, filepath.Join(b.TempDir(), "lib.db"), "NORMAL")
-		populate(b, r, m, metastorage.StateIncoming)
-		benchList(b, libReads(r), metastorage.StateIncoming, m)
-	})
-	b.Run("floor", func(b *testing.B) {
-		f := openBenchFloor(b, filepath.Join(b.TempDir(), "floor.db"), "NORMAL")
-		populate(b, f, m, metastorage.StateIncoming)
-		benchList(b, floorReads(f), metastorage.StateIncoming, m)
+	populatedPair(b, m, func(b *testing.B, ops readOps, _ claimFunc, _ int) {
+		benchList(b, ops, metastorage.StateIncoming, m)
 	})
 }
 
 // BenchmarkGetStateCount reads the count of a state of 10,000 messages.
 func BenchmarkGetStateCount(b *testing.B) {
 	const m = 10000
+	populatedPair(b, m, func(b *testing.B, ops readOps, _ claimFunc, _ int) {
+		benchCount(b, ops, metastorage.StateIncoming, m)
+	})
+}
+
+// populatedPair runs fn on the library and on the floor, each on a fresh
+// file (synchronous NORMAL) holding m incoming messages, with that side's
+// reads, claim and claim batch size (the library's 100, the floor's
+// floor.BatchSize).
+func populatedPair(b *testing.B, m int, fn func(b *testing.B, ops readOps, claim claimFunc, batch int)) {
 	b.Run("lib", func(b *testing.B) {
 		r := openBenchLib(b, filepath.Join(b.TempDir(), "lib.db"), "NORMAL")
 		populate(b, r, m, metastorage.StateIncoming)
-		benchCount(b, libReads(r), metastorage.StateIncoming, m)
+		fn(b, libReads(r), libClaim(r), 100)
 	})
 	b.Run("floor", func(b *testing.B) {
 		f := openBenchFloor(b, filepath.Join(b.TempDir(), "floor.db"), "NORMAL")
 		populate(b, f, m, metastorage.StateIncoming)
-		benchCount(b, floorReads(f), metastorage.StateIncoming, m)
+		fn(b, floorReads(f), floorClaim(f), floor.BatchSize)
 	})
 }
 
@@ -483,16 +486,8 @@ func benchClaim(b *testing.B, claim claimFunc, from, to metastorage.QueueState, 
 // MoveToState UPDATE per message, 1,000 per transaction. One op is one
 // message.
 func BenchmarkClaim(b *testing.B) {
-	const m = 10000
-	b.Run("lib", func(b *testing.B) {
-		r := openBenchLib(b, filepath.Join(b.TempDir(), "lib.db"), "NORMAL")
-		populate(b, r, m, metastorage.StateIncoming)
-		benchClaim(b, libClaim(r), metastorage.StateIncoming, metastorage.StateActive, 100)
-	})
-	b.Run("floor", func(b *testing.B) {
-		f := openBenchFloor(b, filepath.Join(b.TempDir(), "floor.db"), "NORMAL")
-		populate(b, f, m, metastorage.StateIncoming)
-		benchClaim(b, floorClaim(f), metastorage.StateIncoming, metastorage.StateActive, floor.BatchSize)
+	populatedPair(b, 10000, func(b *testing.B, _ readOps, claim claimFunc, batch int) {
+		benchClaim(b, claim, metastorage.StateIncoming, metastorage.StateActive, batch)
 	})
 }
 
@@ -744,10 +739,7 @@ func BenchmarkScale(b *testing.B) {
 // MySQL/MariaDB, each on a fresh table, when TEST_POSTGRES_DSN /
 // TEST_MYSQL_DSN are set. The floor uses the same database/sql pool.
 func BenchmarkServer(b *testing.B) {
-	for _, e := range testdb.Engines() {
-		if e.Name == "sqlite" {
-			continue
-		}
+	for _, e := range testdb.Servers() {
 		b.Run(e.Name, func(b *testing.B) {
 			if e.Skip != "" {
 				b.Skip(e.Skip)

@@ -567,10 +567,7 @@ func TestBackupWhileWriting(t *testing.T) {
 
 func TestBackupOnServerEngines(t *testing.T) {
 	t.Parallel()
-	for _, e := range testdb.Engines() {
-		if e.Name == "sqlite" {
-			continue // TestBackupWhileWriting
-		}
+	for _, e := range testdb.Servers() { // SQLite: TestBackupWhileWriting
 		t.Run(e.Name, func(t *testing.T) {
 			if e.Skip != "" {
 				t.Skip(e.Skip)
@@ -692,10 +689,7 @@ func TestCloseUnderLoad(t *testing.T) {
 // in flight end with ErrBackendClosed just the same.
 func TestCloseUnderLoadServerEngines(t *testing.T) {
 	t.Parallel()
-	for _, e := range testdb.Engines() {
-		if e.Name == "sqlite" {
-			continue // TestCloseUnderLoad
-		}
+	for _, e := range testdb.Servers() { // SQLite: TestCloseUnderLoad
 		t.Run(e.Name, func(t *testing.T) {
 			if e.Skip != "" {
 				t.Skip(e.Skip)

@@ -263,10 +263,15 @@ func (r *Repository) write(ctx context.Context, fn func(tx *gorm.DB) error) erro
 	case r.writer != nil:
 		return r.writer.do(ctx, r.life.ctx.Done(), fn)
 	}
+	return retry(ctx, func() error { return r.db.WithContext(ctx).Transaction(fn, r.d.writeTx) })
+}
+
+// retry runs attempt again, up to maxTxAttempts times in all, while the
+// server aborts it for a deadlock or serialization failure and ctx lasts.
+func retry(ctx context.Context, attempt func() error) error {
 	var err error
-	for attempt := 0; attempt < maxTxAttempts; attempt++ {
-		err = r.db.WithContext(ctx).Transaction(fn, r.d.writeTx)
-		if !isRetryable(err) || ctx.Err() != nil {
+	for range maxTxAttempts {
+		if err = attempt(); !isRetryable(err) || ctx.Err() != nil {
 			return err
 		}
 	}
@@ -282,14 +287,7 @@ func (r *Repository) writeOne(ctx context.Context, fn func(tx *gorm.DB) error) e
 	if r.tx != nil || r.writer != nil || len(r.hooks) > 0 {
 		return r.write(ctx, fn)
 	}
-	var err error
-	for attempt := 0; attempt < maxTxAttempts; attempt++ {
-		err = fn(r.db.WithContext(ctx))
-		if !isRetryable(err) || ctx.Err() != nil {
-			return err
-		}
-	}
-	return err
+	return retry(ctx, func() error { return fn(r.db.WithContext(ctx)) })
 }
 
 // StoreMeta creates or replaces the whole record of messageID.

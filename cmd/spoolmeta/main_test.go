@@ -564,10 +564,7 @@ func TestBench(t *testing.T) {
 
 // TestServers runs the commands against PostgreSQL and MySQL/MariaDB.
 func TestServers(t *testing.T) {
-	for _, e := range testdb.Engines() {
-		if e.Name == "sqlite" {
-			continue
-		}
+	for _, e := range testdb.Servers() {
 		t.Run(e.Name, func(t *testing.T) {
 			if e.Skip != "" {
 				t.Skip(e.Skip)

@@ -49,6 +49,9 @@ func Engines() []Engine {
 	return out
 }
 
+// Servers is Engines without SQLite: PostgreSQL and MySQL/MariaDB.
+func Servers() []Engine { return Engines()[1:] }
+
 // Open opens a server engine's database; it is an error to call it for
 // SQLite.
 func (e Engine) Open(tb testing.TB) *gorm.DB {

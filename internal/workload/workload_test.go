@@ -136,10 +136,7 @@ func TestRunSQLite(t *testing.T) {
 
 func TestRunServers(t *testing.T) {
 	t.Parallel()
-	for _, e := range testdb.Engines() {
-		if e.Name == "sqlite" {
-			continue
-		}
+	for _, e := range testdb.Servers() {
 		t.Run(e.Name, func(t *testing.T) {
 			t.Parallel()
 			if e.Skip != "" {
