@@ -446,7 +446,7 @@ func qoInvalid(t *testing.T, r *repository.Repository) {
 func qoHooked(t *testing.T, base *repository.Repository, hooks ...repository.Hook) *repository.Repository {
 	t.Helper()
 	r, err := repository.New(context.Background(), base.DB(), repository.Config{
-		TableName: base.TableName(), Hooks: hooks, SkipMigrate: true,
+		TableName: base.TableName(), Hooks: hooks,
 	})
 	require.NoError(t, err)
 	t.Cleanup(func() { _ = r.Close() })

@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"time"
 
-	"gorm.io/gorm"
 	metastorage "schneider.vip/retryspool/storage/meta"
 
 	"schneider.vip/retryspool/storage/meta/sqlite/model"
@@ -14,14 +13,14 @@ import (
 const (
 	// MaxClaim caps how many messages one claim may move.
 	MaxClaim = 10000
-	// rowsPerInsert keeps a multi-row INSERT under every engine's limit
-	// on bound parameters (SQLite's is 32766).
-	rowsPerInsert = 500
+	// rowsPerStatement keeps a multi-row INSERT or an IN list under every
+	// engine's limit on bound parameters (SQLite's is 32766).
+	rowsPerStatement = 500
 )
 
 // StoreMetaBatch creates or replaces many records in one transaction: all
 // are stored or, on any error, none. Each record's ID is its metadata.ID.
-func (r *Repository) StoreMetaBatch(ctx context.Context, records []metastorage.MessageMetadata) error {
+func (r *Repository) StoreMetaBatch(ctx context.Context, records []metastorage.MessageMetadata) (err error) {
 	rows := make([]row, len(records))
 	seen := make(map[string]struct{}, len(records))
 	for i, md := range records {
@@ -38,23 +37,23 @@ func (r *Repository) StoreMetaBatch(ctx context.Context, records []metastorage.M
 	if len(rows) == 0 {
 		return nil
 	}
-	ctx, done, err := r.enterLong(ctx)
+	ctx, c, err := r.enter(ctx, "StoreMetaBatch", "", long)
 	if err != nil {
 		return err
 	}
-	defer done()
-	err = r.write(ctx, func(tx *gorm.DB) error {
+	defer func() { err = c.end(err) }()
+	err = r.ex.write(ctx, func(c conn) error {
 		if len(r.hooks) > 0 {
 			for _, rw := range rows {
-				if err := r.storeTx(ctx, tx, rw); err != nil {
+				if err := r.storeHooked(c, rw); err != nil {
 					return err
 				}
 			}
 			return nil
 		}
-		for start := 0; start < len(rows); start += rowsPerInsert {
-			chunk := rows[start:min(start+rowsPerInsert, len(rows))]
-			if err := tx.Exec(r.q.upsertN(len(chunk)), flatArgs(chunk)...).Error; err != nil {
+		for start := 0; start < len(rows); start += rowsPerStatement {
+			chunk := rows[start:min(start+rowsPerStatement, len(rows))]
+			if _, err := c.exec(r.s.upsertN(r.d, len(chunk)), flatArgs(chunk)...); err != nil {
 				return err
 			}
 		}
@@ -90,7 +89,7 @@ func (r *Repository) ClaimMessages(ctx context.Context, from, to metastorage.Que
 	if from == to {
 		return nil, fmt.Errorf("claim messages: %w: from and to are both %s", ErrInvalidInput, from)
 	}
-	return r.claim(ctx, "claim messages", from, to, limit, r.q.claimIDs, int(from))
+	return r.claim(ctx, "ClaimMessages", from, to, limit, r.s.claimIDs, int(from))
 }
 
 // ClaimDue atomically moves up to limit deferred messages whose NextRetry is
@@ -102,12 +101,12 @@ func (r *Repository) ClaimDue(ctx context.Context, now time.Time, limit int) ([]
 	if err != nil {
 		return nil, fmt.Errorf("claim due: %w: %w", ErrInvalidInput, err)
 	}
-	return r.claim(ctx, "claim due", metastorage.StateDeferred, metastorage.StateActive, limit, r.q.claimDueIDs, due)
+	return r.claim(ctx, "ClaimDue", metastorage.StateDeferred, metastorage.StateActive, limit, r.s.claimDueIDs, due)
 }
 
 // DueMessages returns, without moving them, up to limit deferred messages
 // whose NextRetry is at or before now, earliest first.
-func (r *Repository) DueMessages(ctx context.Context, now time.Time, limit int) ([]metastorage.MessageMetadata, error) {
+func (r *Repository) DueMessages(ctx context.Context, now time.Time, limit int) (out []metastorage.MessageMetadata, err error) {
 	due, err := model.EncodeTime(now)
 	if err != nil {
 		return nil, fmt.Errorf("due messages: %w: %w", ErrInvalidInput, err)
@@ -115,51 +114,44 @@ func (r *Repository) DueMessages(ctx context.Context, now time.Time, limit int) 
 	if limit <= 0 || limit > MaxClaim {
 		return nil, fmt.Errorf("due messages: %w: limit %d outside 1..%d", ErrInvalidInput, limit, MaxClaim)
 	}
-	ctx, done, err := r.enterLong(ctx)
+	ctx, c, err := r.enter(ctx, "DueMessages", "", long)
 	if err != nil {
 		return nil, err
 	}
-	defer done()
-	out, err := r.selectMessages(r.reader(ctx), r.q.due, due, limit)
+	defer func() { err = c.end(err) }()
+	err = r.ex.read(ctx, false, func(c conn) (err error) {
+		out, err = r.selectMessages(c, r.s.due, due, limit)
+		return err
+	})
 	if err != nil {
 		return nil, fmt.Errorf("due messages: %w", r.closedOr(err))
 	}
 	return out, nil
 }
 
-func (r *Repository) claim(ctx context.Context, op string, from, to metastorage.QueueState, limit int, pick string, key any) ([]metastorage.MessageMetadata, error) {
+func (r *Repository) claim(ctx context.Context, op string, from, to metastorage.QueueState, limit int, pick string, key any) (out []metastorage.MessageMetadata, err error) {
 	if limit <= 0 || limit > MaxClaim {
 		return nil, fmt.Errorf("%s: %w: limit %d outside 1..%d", op, ErrInvalidInput, limit, MaxClaim)
 	}
-	ctx, done, err := r.enterLong(ctx)
+	ctx, c, err := r.enter(ctx, op, "", long)
 	if err != nil {
 		return nil, err
 	}
-	defer done()
-	var out []metastorage.MessageMetadata
-	err = r.write(ctx, func(tx *gorm.DB) error {
+	defer func() { err = c.end(err) }()
+	err = r.ex.write(ctx, func(c conn) error {
 		out = nil
-		var ids []model.MessageID
-		if err := tx.Raw(pick, key, limit).Scan(&ids).Error; err != nil {
+		ids, err := r.selectIDs(c, pick, key, limit)
+		if err != nil || len(ids) == 0 {
 			return err
 		}
-		if len(ids) == 0 {
-			return nil
-		}
-		now := time.Now().UnixNano()
-		if err := tx.Exec(r.q.claimUpdate, int(to), now, ids, int(from)).Error; err != nil {
+		if err := r.moveLocked(c, ids, from, to); err != nil {
 			return err
 		}
-		got, err := r.selectMessages(tx, r.q.byIDs, ids)
+		got, err := r.getMany(c, ids)
 		if err != nil {
 			return err
 		}
 		out = inOrder(got, ids)
-		for _, md := range out {
-			if err := r.runHooks(ctx, tx, Transition{MessageID: md.ID, From: from, To: to}); err != nil {
-				return err
-			}
-		}
 		return nil
 	})
 	if err != nil {
@@ -168,9 +160,51 @@ func (r *Repository) claim(ctx context.Context, op string, from, to metastorage.
 	return out, nil
 }
 
+// selectIDs runs a query that selects the id column.
+func (r *Repository) selectIDs(c conn, query string, args ...any) ([]string, error) {
+	rows, err := c.query(query, args...)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	var ids []string
+	for rows.Next() {
+		var id model.MessageID
+		if err := rows.Scan(&id); err != nil {
+			return nil, err
+		}
+		ids = append(ids, string(id))
+	}
+	return ids, rows.Err()
+}
+
+// moveLocked moves messages that the transaction holds (locked on the
+// server engines) from one state to another, sets their Updated to now and
+// runs the hooks of each move. A message no longer in from is a conflict.
+func (r *Repository) moveLocked(c conn, ids []string, from, to metastorage.QueueState) error {
+	now := time.Now().UnixNano()
+	for start := 0; start < len(ids); start += rowsPerStatement {
+		chunk := ids[start:min(start+rowsPerStatement, len(ids))]
+		args := append([]any{int(to), now}, idArgs(chunk, int(from))...)
+		n, err := c.exec(r.moveIDs(len(chunk)), args...)
+		if err != nil {
+			return err
+		}
+		if n != int64(len(chunk)) {
+			return fmt.Errorf("moved %d of %d messages from %s: %w", n, len(chunk), from, metastorage.ErrStateConflict)
+		}
+	}
+	for _, id := range ids {
+		if err := r.runHooks(c, Transition{MessageID: id, From: from, To: to}); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
 // selectMessages runs a query that selects columnList.
-func (r *Repository) selectMessages(db *gorm.DB, query string, args ...any) ([]metastorage.MessageMetadata, error) {
-	rows, err := db.Raw(query, args...).Rows()
+func (r *Repository) selectMessages(c conn, query string, args ...any) ([]metastorage.MessageMetadata, error) {
+	rows, err := c.query(query, args...)
 	if err != nil {
 		return nil, err
 	}
@@ -186,11 +220,26 @@ func (r *Repository) selectMessages(db *gorm.DB, query string, args ...any) ([]m
 	return out, rows.Err()
 }
 
-// inOrder returns mds in the order of ids (the order they were picked in).
-func inOrder(mds []metastorage.MessageMetadata, ids []model.MessageID) []metastorage.MessageMetadata {
+// getMany reads the records of those ids that exist.
+func (r *Repository) getMany(c conn, ids []string) ([]metastorage.MessageMetadata, error) {
+	var out []metastorage.MessageMetadata
+	for start := 0; start < len(ids); start += rowsPerStatement {
+		chunk := ids[start:min(start+rowsPerStatement, len(ids))]
+		mds, err := r.selectMessages(c, r.byIDs(len(chunk)), idArgs(chunk)...)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, mds...)
+	}
+	return out, nil
+}
+
+// inOrder returns those of mds whose IDs are in ids, in the order of ids
+// (the order they were picked in).
+func inOrder(mds []metastorage.MessageMetadata, ids []string) []metastorage.MessageMetadata {
 	pos := make(map[string]int, len(ids))
 	for i, id := range ids {
-		pos[string(id)] = i
+		pos[id] = i
 	}
 	out := make([]metastorage.MessageMetadata, len(ids))
 	n := 0
