@@ -6,7 +6,7 @@ import (
 
 	"go.uber.org/goleak"
 
-	"schneider.vip/retryspool/storage/meta/sqlite/internal/proc"
+	"schneider.vip/retryspool/storage/meta/sqlite/internal/testkit/proc"
 )
 
 // TestMain checks that no test leaves a goroutine behind. Started as a

@@ -21,7 +21,7 @@ import (
 	fsmeta "schneider.vip/retryspool/storage/meta/filesystem"
 
 	sqlitemeta "schneider.vip/retryspool/storage/meta/sqlite"
-	"schneider.vip/retryspool/storage/meta/sqlite/internal/testdb"
+	"schneider.vip/retryspool/storage/meta/sqlite/internal/testkit/testdb"
 	"schneider.vip/retryspool/storage/meta/sqlite/repository"
 )
 
