@@ -1,9 +1,8 @@
-package sqlite_test
+package systemtest
 
 import (
 	"context"
 	"fmt"
-	"os"
 	"strconv"
 	"strings"
 	"sync"
@@ -223,12 +222,6 @@ const (
 	childIDs     = "IDS"
 )
 
-// Roles of the race children.
-const (
-	roleMove  = "move"
-	roleClaim = "claim"
-)
-
 // TestProcessRace has two processes, each with its own connection pool and
 // 24 goroutines, claim 2,000 messages from Incoming to Active on one
 // database: with MoveToState (every message raced by several goroutines of
@@ -257,22 +250,20 @@ func processRace(t *testing.T, e testdb.Engine, role string) {
 	}
 	children := make([]*proc.Child, processes)
 	for i := range children {
-		children[i] = proc.Start(t, fmt.Sprintf("%s child %d", role, i), role, params, time.Minute)
+		children[i] = proc.Start(t, fmt.Sprintf("%s child %d", role, i), role, params)
 	}
 	for _, c := range children {
-		require.NoError(t, c.WaitReady())
+		c.WaitReady(t)
 	}
 	for _, c := range children {
-		require.NoError(t, c.Go())
+		c.Go(t)
 	}
 	won := make([][]string, processes)
 	for i, c := range children {
-		results, err := c.Wait()
-		require.NoError(t, err)
-		for _, res := range results {
+		for _, res := range c.Finish(t) {
 			if id, ok := strings.CutPrefix(res, "won "); ok {
 				won[i] = append(won[i], id)
-			} else {
+			} else if res != proc.ReadyLine {
 				t.Logf("child %d: %s", i, res)
 			}
 		}
@@ -281,16 +272,8 @@ func processRace(t *testing.T, e testdb.Engine, role string) {
 	t.Logf("%s on %s: the processes won %d and %d", role, e.Name, len(won[0]), len(won[1]))
 }
 
-// runChild is the main function of a race child; it returns the exit code.
-func runChild(role string) int {
-	if err := child(role); err != nil {
-		fmt.Fprintln(os.Stderr, "child:", err)
-		return 1
-	}
-	return 0
-}
-
-func child(role string) error {
+// raceChild is the main function of a race child.
+func raceChild(role string) error {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	workers, err := strconv.Atoi(proc.Param(childWorkers))
@@ -348,13 +331,71 @@ func child(role string) error {
 	if err != nil {
 		return err
 	}
-	out := proc.NewEmitter()
 	for _, id := range won {
-		out.Emit("won " + id)
+		proc.Say("won " + id)
 	}
-	out.Emit(fmt.Sprintf("stats: won %d, lost %d races", len(won), conflicts))
-	if err := out.Flush(); err != nil {
-		return err
-	}
+	proc.Say(fmt.Sprintf("stats: won %d, lost %d races", len(won), conflicts))
 	return r.Close()
+}
+
+// TestConformanceTwoFactoriesOneFile has two backends, each with its own
+// connection pools and group writer, race over one SQLite file.
+func TestConformanceTwoFactoriesOneFile(t *testing.T) {
+	t.Parallel()
+	st := newConfShared(t, testdb.Engines()[0])
+	a, b := st.open(t), st.open(t)
+	ids := raceIDs(t, a, 1000)
+	ctx := context.Background()
+	var wonA, wonB []string
+	var errA, errB error
+	var wg sync.WaitGroup
+	wg.Add(2)
+	go func() { defer wg.Done(); wonA, _, errA = raceMoves(ctx, a, ids, 12, 3) }()
+	go func() { defer wg.Done(); wonB, _, errB = raceMoves(ctx, b, ids, 12, 3) }()
+	wg.Wait()
+	require.NoError(t, errA)
+	require.NoError(t, errB)
+	requireClaimedOnce(t, a, ids, wonA, wonB)
+	requireClaimedOnce(t, b, ids, wonA, wonB)
+	t.Logf("first backend won %d, second %d", len(wonA), len(wonB))
+}
+
+// TestConformanceSQLiteReadsDuringWrite reads through new connections of
+// the read pool while an application transaction on the same file holds
+// the write lock: in WAL mode readers never wait for the writer, so no read
+// may fail with ErrBusy, however short the busy timeout.
+func TestConformanceSQLiteReadsDuringWrite(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	r := confOpen(t, sqlitemeta.WithDatabasePath(testdb.SQLitePath(t)), sqlitemeta.WithBusyTimeout(50), sqlitemeta.WithMaxIdleConns(0))
+	t.Cleanup(func() { require.NoError(t, r.Close()) })
+	ids := raceIDs(t, r, 10)
+	tx := r.DB().Begin()
+	require.NoError(t, tx.Error)
+	defer tx.Rollback()
+	require.NoError(t, r.WithTx(tx).MoveToState(ctx, ids[0], metastorage.StateIncoming, metastorage.StateHold))
+
+	var wg sync.WaitGroup
+	errs := make(chan error, 8)
+	for i := range 8 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			md, err := r.GetMeta(ctx, ids[i])
+			if err == nil && md.State != metastorage.StateIncoming {
+				err = fmt.Errorf("%s is %s before the commit", md.ID, md.State)
+			}
+			if err == nil {
+				_, err = r.ListMessages(ctx, metastorage.StateIncoming, metastorage.MessageListOptions{})
+			}
+			errs <- err
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		require.NoError(t, err)
+	}
+	require.NoError(t, tx.Commit().Error)
+	require.Equal(t, int64(1), r.GetStateCount(metastorage.StateHold))
 }
