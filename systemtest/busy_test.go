@@ -27,7 +27,7 @@ import (
 )
 
 // These tests put two OS processes on one SQLite file: the test and a
-// child (the test binary again, see crash_test.go). The child holds the
+// child (the test binary again, see main_test.go). The child holds the
 // write lock on command, inside a Transaction, while the parent writes.
 
 // busyKind classifies an error seen while another process holds or
