@@ -23,10 +23,10 @@ import (
 	"schneider.vip/retryspool/storage/meta/sqlite/metatest"
 )
 
-// confEngines runs fn as a subtest per engine: SQLite always, PostgreSQL
+// forEngines runs fn as a subtest per engine: SQLite always, PostgreSQL
 // and MariaDB/MySQL when their DSN is set (skipped with the reason
 // otherwise).
-func confEngines(t *testing.T, fn func(t *testing.T, e testdb.Engine)) {
+func forEngines(t *testing.T, fn func(t *testing.T, e testdb.Engine)) {
 	for _, e := range testdb.Engines() {
 		t.Run(e.Name, func(t *testing.T) {
 			if e.Skip != "" {
@@ -37,46 +37,25 @@ func confEngines(t *testing.T, fn func(t *testing.T, e testdb.Engine)) {
 	}
 }
 
-// confRepoMaker returns a constructor of fresh, empty repositories on e: a new
-// SQLite file opened by the factory, or a new table in one shared server
-// database handed in with WithDB. The caller closes the repository; the
-// table is dropped when the test that asked for it ends.
-func confRepoMaker(t *testing.T, e testdb.Engine) func(t *testing.T) *sqlitemeta.Repository {
-	if e.Name == "sqlite" {
-		return func(t *testing.T) *sqlitemeta.Repository {
-			return confOpen(t, sqlitemeta.WithDatabasePath(testdb.SQLitePath(t)))
-		}
-	}
-	db := e.Open(t)
-	return func(t *testing.T) *sqlitemeta.Repository {
-		return confOpen(t, sqlitemeta.WithDB(db), sqlitemeta.WithTableName(e.Table(t, db)))
-	}
-}
-
-// confOpen opens a repository with the factory.
-func confOpen(t *testing.T, opts ...sqlitemeta.Option) *sqlitemeta.Repository {
+// openFactory opens a repository with the factory.
+func openFactory(t *testing.T, opts ...sqlitemeta.Option) *sqlitemeta.Repository {
 	t.Helper()
 	r, err := sqlitemeta.NewFactory(opts...).Open(context.Background())
 	require.NoError(t, err)
 	return r
 }
 
-// confBackend adapts a repository constructor to the contract's type.
-func confBackend(newRepo func(t *testing.T) *sqlitemeta.Repository) func(t *testing.T) metastorage.Backend {
-	return func(t *testing.T) metastorage.Backend { return newRepo(t) }
-}
-
-// confShared is one queue that several repositories or processes use at
+// sharedQueue is one queue that several repositories or processes use at
 // once: a SQLite file, or a table on a server engine. open opens one more
 // repository on it; path and table tell a child process where it is.
-type confShared struct {
+type sharedQueue struct {
 	path  string   // SQLite file
 	db    *gorm.DB // server engines
 	table string
 }
 
-func newConfShared(t *testing.T, e testdb.Engine) *confShared {
-	st := &confShared{}
+func newSharedQueue(t *testing.T, e testdb.Engine) *sharedQueue {
+	st := &sharedQueue{}
 	if e.Name == "sqlite" {
 		st.path = testdb.SQLitePath(t)
 		return st
@@ -88,13 +67,13 @@ func newConfShared(t *testing.T, e testdb.Engine) *confShared {
 
 // open opens a repository on the shared queue, with a connection pool of
 // its own on SQLite.
-func (st *confShared) open(t *testing.T) *sqlitemeta.Repository {
+func (st *sharedQueue) open(t *testing.T) *sqlitemeta.Repository {
 	t.Helper()
 	var r *sqlitemeta.Repository
 	if st.path != "" {
-		r = confOpen(t, sqlitemeta.WithDatabasePath(st.path))
+		r = openFactory(t, sqlitemeta.WithDatabasePath(st.path))
 	} else {
-		r = confOpen(t, sqlitemeta.WithDB(st.db), sqlitemeta.WithTableName(st.table))
+		r = openFactory(t, sqlitemeta.WithDB(st.db), sqlitemeta.WithTableName(st.table))
 	}
 	t.Cleanup(func() { require.NoError(t, r.Close()) })
 	return r
@@ -228,7 +207,7 @@ const (
 // both processes) and with ClaimMessages batches. Every message must be
 // claimed exactly once, and the counts must be exact afterwards.
 func TestProcessRace(t *testing.T) {
-	confEngines(t, func(t *testing.T, e testdb.Engine) {
+	forEngines(t, func(t *testing.T, e testdb.Engine) {
 		for _, role := range []string{roleMove, roleClaim} {
 			t.Run(role, func(t *testing.T) { processRace(t, e, role) })
 		}
@@ -241,7 +220,7 @@ func processRace(t *testing.T, e testdb.Engine, role string) {
 		messages  = 2000
 		workers   = 24
 	)
-	st := newConfShared(t, e)
+	st := newSharedQueue(t, e)
 	r := st.open(t)
 	ids := raceIDs(t, r, messages)
 	params := map[string]string{
@@ -342,7 +321,7 @@ func raceChild(role string) error {
 // connection pools and group writer, race over one SQLite file.
 func TestConformanceTwoFactoriesOneFile(t *testing.T) {
 	t.Parallel()
-	st := newConfShared(t, testdb.Engines()[0])
+	st := newSharedQueue(t, testdb.Engines()[0])
 	a, b := st.open(t), st.open(t)
 	ids := raceIDs(t, a, 1000)
 	ctx := context.Background()
@@ -367,7 +346,7 @@ func TestConformanceTwoFactoriesOneFile(t *testing.T) {
 func TestConformanceSQLiteReadsDuringWrite(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
-	r := confOpen(t, sqlitemeta.WithDatabasePath(testdb.SQLitePath(t)), sqlitemeta.WithBusyTimeout(50), sqlitemeta.WithMaxIdleConns(0))
+	r := openFactory(t, sqlitemeta.WithDatabasePath(testdb.SQLitePath(t)), sqlitemeta.WithBusyTimeout(50), sqlitemeta.WithMaxIdleConns(0))
 	t.Cleanup(func() { require.NoError(t, r.Close()) })
 	ids := raceIDs(t, r, 10)
 	tx := r.DB().Begin()
