@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"testing"
 
+	glebarez "github.com/glebarez/sqlite"
 	"gorm.io/driver/mysql"
 	"gorm.io/driver/postgres"
 	"gorm.io/gorm"
@@ -98,4 +99,18 @@ func UniqueName(prefix string) string {
 // SQLitePath returns a database path in a fresh temporary directory.
 func SQLitePath(tb testing.TB) string {
 	return filepath.Join(tb.TempDir(), "meta.db")
+}
+
+// OpenSQLite opens the SQLite file at path as a GORM application does, with
+// the glebarez driver and no DSN flags (no busy timeout, no journal mode),
+// and closes it when the test ends.
+func OpenSQLite(tb testing.TB, path string) *gorm.DB {
+	tb.Helper()
+	db, err := gorm.Open(glebarez.Open(path), &gorm.Config{Logger: logger.Discard})
+	if err != nil {
+		tb.Fatalf("testdb: open %s: %v", path, err)
+	}
+	sqlDB, _ := db.DB()
+	tb.Cleanup(func() { sqlDB.Close() })
+	return db
 }

@@ -1,23 +1,16 @@
-package sqlite_test
+package systemtest
 
 import (
-	"bufio"
-	"bytes"
 	"context"
 	"database/sql"
-	"errors"
 	"fmt"
-	"io"
 	"math/rand/v2"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"runtime/debug"
 	"strconv"
 	"strings"
-	"sync"
 	"sync/atomic"
-	"syscall"
 	"testing"
 	"time"
 
@@ -25,192 +18,36 @@ import (
 	metastorage "schneider.vip/retryspool/storage/meta"
 
 	sqlitemeta "schneider.vip/retryspool/storage/meta/sqlite"
-	"schneider.vip/retryspool/storage/meta/sqlite/internal/testdb"
+	"schneider.vip/retryspool/storage/meta/sqlite/internal/testkit/fixture"
+	"schneider.vip/retryspool/storage/meta/sqlite/internal/testkit/proc"
+	"schneider.vip/retryspool/storage/meta/sqlite/internal/testkit/testdb"
 )
 
-// The crash tests run the test binary again as a child process (selected by
-// relChildEnv; nothing runs without it) that writes to a SQLite file and
-// reports on stdout every call that returned nil, after it returned. The
+// The crash tests run the test binary again as a child process (the
+// "crash" and "migrate" roles of proc) that writes to a SQLite file and
+// says on stdout every call that returned nil, after it returned. The
 // parent kills the child with SIGKILL at random moments, reopens the file
 // and checks that every acknowledged write is there, exactly.
 
+// Parameters of the crash, migrate and busy children.
 const (
-	relChildEnv   = "SQLITEMETA_TEST_CHILD" // the child's role
-	relEnvDB      = "SQLITEMETA_TEST_DB"
-	relEnvSync    = "SQLITEMETA_TEST_SYNC"
-	relEnvJournal = "SQLITEMETA_TEST_JOURNAL"
-	relEnvRound   = "SQLITEMETA_TEST_ROUND"
-	relEnvPipes   = "SQLITEMETA_TEST_PIPES"
-	relEnvBatch   = "SQLITEMETA_TEST_BATCHERS"
-	relEnvTrap    = "SQLITEMETA_TEST_TRAP"
-	relEnvBusy    = "SQLITEMETA_TEST_BUSY_TIMEOUT"
+	paramDB          = "DB"
+	paramSync        = "SYNC"
+	paramJournal     = "JOURNAL"
+	paramRound       = "ROUND"
+	paramPipes       = "PIPES"
+	paramBatchers    = "BATCHERS"
+	paramTrap        = "TRAP"
+	paramBusyTimeout = "BUSY_TIMEOUT"
 )
 
-func init() {
-	role := os.Getenv(relChildEnv)
-	if role == "" {
-		return
-	}
-	// A child never outlives its parent: stdin closes when the parent
-	// goes away. The busy child reads its commands from stdin itself.
-	if role != "busy" {
-		go func() {
-			_, _ = io.Copy(io.Discard, os.Stdin)
-			os.Exit(2)
-		}()
-	}
-	time.AfterFunc(5*time.Minute, func() { os.Exit(3) })
-	var err error
-	switch role {
-	case "crash":
-		err = crashChild()
-	case "migrate":
-		err = migrateChild()
-	case "busy":
-		err = busyChild()
-	default:
-		err = fmt.Errorf("unknown role %q", role)
-	}
-	if err != nil {
-		relSay("ERR " + strings.ReplaceAll(err.Error(), "\n", " "))
-		os.Exit(1)
-	}
-	os.Exit(0)
-}
+// longRun tells whether the long variants were asked for with LONG=1.
+func longRun() bool { return os.Getenv("LONG") == "1" }
 
-// relSay writes one line to stdout in one unbuffered write, so that what
-// the parent reads was written before the process died.
-func relSay(line string) {
-	_, _ = os.Stdout.Write([]byte(line + "\n"))
-}
-
-// relChild is a running child process and what it said.
-type relChild struct {
-	cmd    *exec.Cmd
-	stdin  io.WriteCloser
-	stderr bytes.Buffer
-	mu     sync.Mutex
-	lines  []string
-	eof    chan struct{}
-	next   int // first line waitLine has not looked at
-}
-
-// relStartChild re-executes the test binary in role with env.
-func relStartChild(t *testing.T, role string, env ...string) *relChild {
-	t.Helper()
-	exe, err := os.Executable()
-	require.NoError(t, err)
-	c := &relChild{eof: make(chan struct{})}
-	c.cmd = exec.Command(exe, "-test.run=^$")
-	c.cmd.Env = append(append(os.Environ(), relChildEnv+"="+role), env...)
-	c.cmd.Stderr = &c.stderr
-	c.stdin, err = c.cmd.StdinPipe()
-	require.NoError(t, err)
-	out, err := c.cmd.StdoutPipe()
-	require.NoError(t, err)
-	require.NoError(t, c.cmd.Start())
-	go func() {
-		defer close(c.eof)
-		sc := bufio.NewScanner(out)
-		sc.Buffer(make([]byte, 64*1024), 1024*1024)
-		for sc.Scan() {
-			c.mu.Lock()
-			c.lines = append(c.lines, sc.Text())
-			c.mu.Unlock()
-		}
-	}()
-	t.Cleanup(func() {
-		if c.cmd.ProcessState == nil {
-			_ = c.cmd.Process.Kill()
-			<-c.eof
-			_ = c.cmd.Wait()
-		}
-	})
-	return c
-}
-
-// waitLine waits for the next line that starts with prefix and returns it;
-// it fails the test on a line starting with ERR, or when the child ends.
-func (c *relChild) waitLine(t *testing.T, prefix string) string {
-	t.Helper()
-	deadline := time.Now().Add(relWait)
-	for {
-		c.mu.Lock()
-		for ; c.next < len(c.lines); c.next++ {
-			l := c.lines[c.next]
-			if strings.HasPrefix(l, "ERR") {
-				c.mu.Unlock()
-				t.Fatalf("child: %s\nstderr: %s", l, c.stderrText())
-			}
-			if strings.HasPrefix(l, prefix) {
-				c.next++
-				c.mu.Unlock()
-				return l
-			}
-		}
-		c.mu.Unlock()
-		select {
-		case <-c.eof:
-			c.mu.Lock()
-			more := c.next < len(c.lines)
-			c.mu.Unlock()
-			if !more {
-				t.Fatalf("child ended without saying %q\nstderr: %s", prefix, c.stderrText())
-			}
-		case <-time.After(2 * time.Millisecond):
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("child did not say %q within %s\nstderr: %s", prefix, relWait, c.stderrText())
-		}
-	}
-}
-
-func (c *relChild) stderrText() string {
-	if c.cmd.ProcessState == nil {
-		return "(still running)"
-	}
-	return c.stderr.String()
-}
-
-// kill sends SIGKILL, waits for the child to die and returns everything it
-// said. It fails the test if the child had ended on its own.
-func (c *relChild) kill(t *testing.T) []string {
-	t.Helper()
-	require.NoError(t, c.cmd.Process.Signal(syscall.SIGKILL))
-	<-c.eof
-	err := c.cmd.Wait()
-	var ee *exec.ExitError
-	require.True(t, errors.As(err, &ee), "child: %v", err)
-	ws := ee.Sys().(syscall.WaitStatus)
-	require.True(t, ws.Signaled() && ws.Signal() == syscall.SIGKILL, "child was not killed but ended: %v\nstderr: %s", err, c.stderr.String())
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	for _, l := range c.lines {
-		require.False(t, strings.HasPrefix(l, "ERR"), "child: %s\nstderr: %s", l, c.stderr.String())
-	}
-	return c.lines
-}
-
-// finish waits for a child that ends on its own.
-func (c *relChild) finish(t *testing.T) []string {
-	t.Helper()
-	select {
-	case <-c.eof:
-	case <-time.After(relWait):
-		t.Fatalf("child did not end within %s", relWait)
-	}
-	require.NoError(t, c.cmd.Wait(), "stderr: %s", c.stderr.String())
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.lines
-}
-
-// relLong tells whether the long variants were asked for with LONG=1.
-func relLong() bool { return os.Getenv("LONG") == "1" }
-
-// relRace tells whether the test binary was built with -race, under which
-// the pure-Go SQLite runs many times slower; sizes scale down with it.
-func relRace() bool {
+// raceDetector tells whether the test binary was built with -race, under
+// which the pure-Go SQLite runs many times slower; sizes scale down with
+// it.
+func raceDetector() bool {
 	if bi, ok := debug.ReadBuildInfo(); ok {
 		for _, s := range bi.Settings {
 			if s.Key == "-race" {
@@ -219,40 +56,6 @@ func relRace() bool {
 		}
 	}
 	return false
-}
-
-// waitAcks waits until the child has acknowledged at least n writes.
-func (c *relChild) waitAcks(t *testing.T, n int) {
-	t.Helper()
-	deadline := time.Now().Add(relWait)
-	for {
-		c.mu.Lock()
-		acks := 0
-		for _, l := range c.lines {
-			if strings.HasPrefix(l, "P ") || strings.HasPrefix(l, "B ") {
-				acks++
-			}
-		}
-		c.mu.Unlock()
-		if acks >= n {
-			return
-		}
-		select {
-		case <-c.eof:
-			t.Fatalf("child ended after %d acknowledgements\nstderr: %s", acks, c.stderrText())
-		case <-time.After(2 * time.Millisecond):
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("child made %d acknowledgements in %s", acks, relWait)
-		}
-	}
-}
-
-func relEnvInt(name string, def int) int {
-	if v, err := strconv.Atoi(os.Getenv(name)); err == nil {
-		return v
-	}
-	return def
 }
 
 // --- The writing child and its records ---------------------------------
@@ -315,14 +118,14 @@ func crashRecord(id string, n, step int) metastorage.MessageMetadata {
 
 func crashChild() error {
 	ctx := context.Background()
-	round := os.Getenv(relEnvRound)
+	round := proc.Param(paramRound)
 	opts := []sqlitemeta.Option{
-		sqlitemeta.WithDatabasePath(os.Getenv(relEnvDB)),
-		sqlitemeta.WithSynchronous(os.Getenv(relEnvSync)),
-		sqlitemeta.WithJournalMode(os.Getenv(relEnvJournal)),
+		sqlitemeta.WithDatabasePath(proc.Param(paramDB)),
+		sqlitemeta.WithSynchronous(proc.Param(paramSync)),
+		sqlitemeta.WithJournalMode(proc.Param(paramJournal)),
 	}
 	var repo atomic.Pointer[sqlitemeta.Repository]
-	if trap := os.Getenv(relEnvTrap); trap != "" {
+	if trap := proc.Param(paramTrap); trap != "" {
 		// The hook stops the writer inside the group transaction, at the
 		// update of one message, and reports how many messages earlier
 		// writes of the same open transaction created: the parent kills
@@ -339,7 +142,7 @@ func crashChild() error {
 			if err := r.DB().Raw("SELECT COUNT(*) FROM " + r.TableName()).Row().Scan(&committed); err != nil {
 				return err
 			}
-			relSay(fmt.Sprintf("TRAP %d", inTx-committed))
+			proc.Say(fmt.Sprintf("TRAP %d", inTx-committed))
 			select {} // until killed
 		}))
 	}
@@ -348,7 +151,7 @@ func crashChild() error {
 		return err
 	}
 	repo.Store(r)
-	relSay("READY")
+	proc.Say("READY")
 	errc := make(chan error, 1)
 	fail := func(err error) {
 		select {
@@ -356,7 +159,7 @@ func crashChild() error {
 		default:
 		}
 	}
-	for g := 0; g < relEnvInt(relEnvPipes, 4); g++ {
+	for g := 0; g < proc.ParamInt(paramPipes, 4); g++ {
 		go func() {
 			for i := 1; ; i++ {
 				id := crashPipeID(round, g, i)
@@ -376,12 +179,12 @@ func crashChild() error {
 						fail(fmt.Errorf("%s step %d: %w", id, k, err))
 						return
 					}
-					relSay(fmt.Sprintf("P %d %d %d", g, i, k))
+					proc.Say(fmt.Sprintf("P %d %d %d", g, i, k))
 				}
 			}
 		}()
 	}
-	for b := 0; b < relEnvInt(relEnvBatch, 1); b++ {
+	for b := 0; b < proc.ParamInt(paramBatchers, 1); b++ {
 		go func() {
 			for i := 1; ; i++ {
 				batch := make([]metastorage.MessageMetadata, crashBatchLen)
@@ -392,7 +195,7 @@ func crashChild() error {
 					fail(fmt.Errorf("batch %d/%d: %w", b, i, err))
 					return
 				}
-				relSay(fmt.Sprintf("B %d %d", b, i))
+				proc.Say(fmt.Sprintf("B %d %d", b, i))
 			}
 		}()
 	}
@@ -453,9 +256,9 @@ func crashVerify(t *testing.T, path, journal string, rounds []*crashRound) int {
 	r, err := sqlitemeta.NewFactory(sqlitemeta.WithDatabasePath(path), sqlitemeta.WithJournalMode(journal)).Open(context.Background())
 	require.NoError(t, err, "reopen after the kill")
 	defer r.Close()
-	relRequireIntegrity(t, r.DB())
-	relRequireCounts(t, r)
-	all := relAll(t, r)
+	fixture.RequireIntegrity(t, r.DB())
+	fixture.RequireCounts(t, r)
+	all := fixture.All(t, r)
 	seen := map[string]bool{}
 
 	// at checks that message id is at one of the allowed steps; step 0 and
@@ -562,29 +365,29 @@ func crashRounds(t *testing.T, path string, plans []crashPlan) {
 			name: fmt.Sprintf("r%02d", n), pipes: p.pipes, batchers: p.batchers,
 			pipeAck: map[int][2]int{}, batchAck: map[int]int{},
 		}
-		env := []string{
-			relEnvDB + "=" + path, relEnvSync + "=" + p.sync, relEnvJournal + "=" + p.journal, relEnvRound + "=" + rd.name,
-			relEnvPipes + "=" + strconv.Itoa(p.pipes), relEnvBatch + "=" + strconv.Itoa(p.batchers),
+		params := map[string]string{
+			paramDB: path, paramSync: p.sync, paramJournal: p.journal, paramRound: rd.name,
+			paramPipes: strconv.Itoa(p.pipes), paramBatchers: strconv.Itoa(p.batchers),
 		}
 		trapI := 0
 		if p.trap {
 			trapI = 2 + rand.IntN(4)
-			env = append(env, relEnvTrap+"="+crashPipeID(rd.name, 0, trapI))
+			params[paramTrap] = crashPipeID(rd.name, 0, trapI)
 		}
-		c := relStartChild(t, "crash", env...)
-		c.waitLine(t, "READY")
+		c := proc.Start(t, "crash child "+rd.name, roleCrash, params)
+		c.WaitLine(t, "READY")
 		if p.trap {
-			line := c.waitLine(t, "TRAP")
+			line := c.WaitLine(t, "TRAP")
 			if open, _ := strconv.Atoi(strings.TrimPrefix(line, "TRAP ")); open > 0 {
 				trapped += open
 			}
 			time.Sleep(time.Duration(rand.IntN(20)) * time.Millisecond)
 		} else {
 			// Kill once the writes are under way, at a random moment.
-			c.waitAcks(t, 1+rand.IntN(40))
+			c.WaitCount(t, 1+rand.IntN(40), "P ", "B ")
 			time.Sleep(time.Duration(rand.IntN(150)) * time.Millisecond)
 		}
-		lines := c.kill(t)
+		lines := c.Kill(t)
 		rd.absorb(t, lines)
 		if p.trap {
 			// The trapped update never committed, and was never
@@ -595,7 +398,7 @@ func crashRounds(t *testing.T, path string, plans []crashPlan) {
 		acks += rd.acks
 		msgs := crashVerify(t, path, p.journal, rounds)
 		if p.trap {
-			r := relOpen(t, path, sqlitemeta.WithJournalMode(p.journal))
+			r := openFile(t, path, sqlitemeta.WithJournalMode(p.journal))
 			md, err := r.GetMeta(context.Background(), crashPipeID(rd.name, 0, trapI))
 			require.NoError(t, err)
 			require.True(t, crashSame(crashRecord(md.ID, trapI, 2), md), "trapped update must have rolled back: %+v", md)
@@ -615,7 +418,7 @@ func crashRounds(t *testing.T, path string, plans []crashPlan) {
 func TestCrashKillDuringWrites(t *testing.T) {
 	t.Parallel()
 	normal, full, rollback := 14, 3, 3
-	if relLong() {
+	if longRun() {
 		normal, full, rollback = 45, 15, 15
 	}
 	var plans []crashPlan
@@ -637,7 +440,7 @@ func TestCrashKillDuringWrites(t *testing.T) {
 func TestCrashKillMidGroupCommit(t *testing.T) {
 	t.Parallel()
 	random, trapped := 4, 2
-	if relLong() {
+	if longRun() {
 		random, trapped = 20, 10
 	}
 	var plans []crashPlan
@@ -654,17 +457,17 @@ func TestCrashKillMidGroupCommit(t *testing.T) {
 // the WAL long before it commits: WAL content beside a file that is still
 // legacy shows that a kill landed inside the upgrade.
 func migrateChild() error {
-	relSay("OPENING")
+	proc.Say("OPENING")
 	start := time.Now()
-	r, err := sqlitemeta.NewFactory(sqlitemeta.WithDatabasePath(os.Getenv(relEnvDB)), sqlitemeta.WithCacheSize(64)).Open(context.Background())
+	r, err := sqlitemeta.NewFactory(sqlitemeta.WithDatabasePath(proc.Param(paramDB)), sqlitemeta.WithCacheSize(64)).Open(context.Background())
 	if err != nil {
 		return err
 	}
-	relSay(fmt.Sprintf("MIGRATED %d", time.Since(start)))
+	proc.Say(fmt.Sprintf("MIGRATED %d", time.Since(start)))
 	if err := r.Close(); err != nil {
 		return err
 	}
-	relSay("CLOSED")
+	proc.Say("CLOSED")
 	select {} // until killed, so that every run ends the same way
 }
 
@@ -674,10 +477,10 @@ func migrateChild() error {
 func TestCrashKillDuringMigration(t *testing.T) {
 	t.Parallel()
 	rows, want := 40000, 3
-	if relRace() {
+	if raceDetector() {
 		rows = 2500
 	}
-	if relLong() {
+	if longRun() {
 		rows, want = rows*5, 15
 	}
 	template := legacyTemplate(t, rows)
@@ -687,14 +490,14 @@ func TestCrashKillDuringMigration(t *testing.T) {
 	// upgrade takes here; the kills then fall inside that time.
 	ref := filepath.Join(dir, "ref.db")
 	legacyCopyFile(t, template, ref)
-	c := relStartChild(t, "migrate", relEnvDB+"="+ref)
-	c.waitLine(t, "OPENING")
-	n, err := strconv.ParseInt(strings.TrimPrefix(c.waitLine(t, "MIGRATED"), "MIGRATED "), 10, 64)
+	c := proc.Start(t, "migrate child", roleMigrate, map[string]string{paramDB: ref})
+	c.WaitLine(t, "OPENING")
+	n, err := strconv.ParseInt(strings.TrimPrefix(c.WaitLine(t, "MIGRATED"), "MIGRATED "), 10, 64)
 	require.NoError(t, err)
 	took := time.Duration(n)
-	c.waitLine(t, "CLOSED")
-	c.kill(t)
-	r := relOpen(t, ref)
+	c.WaitLine(t, "CLOSED")
+	c.Kill(t)
+	r := openFile(t, ref)
 	legacyRequireBulk(t, r, rows)
 	require.NoError(t, r.Close())
 
@@ -704,10 +507,10 @@ func TestCrashKillDuringMigration(t *testing.T) {
 		require.Less(t, attempt, 10*want, "too few kills landed during an upgrade (%d of %d)", midUpgrade, kills)
 		path := filepath.Join(dir, fmt.Sprintf("kill-%02d.db", attempt))
 		legacyCopyFile(t, template, path)
-		c := relStartChild(t, "migrate", relEnvDB+"="+path)
-		c.waitLine(t, "OPENING")
+		c := proc.Start(t, "migrate child", roleMigrate, map[string]string{paramDB: path})
+		c.WaitLine(t, "OPENING")
 		time.Sleep(time.Duration(float64(took) * (0.1 + 0.8*rand.Float64())))
-		lines := c.kill(t)
+		lines := c.Kill(t)
 		kills++
 		finished := false
 		for _, l := range lines {
@@ -724,7 +527,7 @@ func TestCrashKillDuringMigration(t *testing.T) {
 		if !finished && walSize > 0 && state == "legacy" {
 			midUpgrade++
 		}
-		r := relOpen(t, path)
+		r := openFile(t, path)
 		legacyRequireBulk(t, r, rows)
 		require.NoError(t, r.Close())
 		t.Logf("kill %d: upgrade finished before the kill: %v, WAL %d bytes, file found %s", kills, finished, walSize, state)
@@ -742,7 +545,7 @@ func TestCrashDuringCheckpoint(t *testing.T) {
 	t.Parallel()
 	dir := t.TempDir()
 	path := filepath.Join(dir, "live.db")
-	r := relOpen(t, path)
+	r := openFile(t, path)
 	require.NoError(t, r.Close())
 	fi, err := os.Stat(path)
 	require.NoError(t, err)
@@ -770,9 +573,9 @@ func TestCrashDuringCheckpoint(t *testing.T) {
 	require.NoError(t, db.QueryRow("PRAGMA page_count").Scan(&pages))
 	require.Greater(t, pages*pageSize, before, "the header must claim more than the file holds")
 
-	r = relOpen(t, crashed)
-	relRequireIntegrity(t, r.DB())
-	counts := relRequireCounts(t, r)
+	r = openFile(t, crashed)
+	fixture.RequireIntegrity(t, r.DB())
+	counts := fixture.RequireCounts(t, r)
 	var n int64
 	for _, c := range counts {
 		n += c

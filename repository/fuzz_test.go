@@ -1,4 +1,4 @@
-package sqlite_test
+package repository_test
 
 import (
 	"context"
@@ -17,6 +17,7 @@ import (
 	metastorage "schneider.vip/retryspool/storage/meta"
 
 	sqlitemeta "schneider.vip/retryspool/storage/meta/sqlite"
+	"schneider.vip/retryspool/storage/meta/sqlite/internal/testkit/fixture"
 	"schneider.vip/retryspool/storage/meta/sqlite/repository"
 )
 
@@ -38,7 +39,7 @@ func fuzzOpen(f *testing.F) *sqlitemeta.Repository {
 func fuzzTotal(t *testing.T, r *sqlitemeta.Repository) int64 {
 	t.Helper()
 	var n int64
-	for _, c := range relRequireCounts(t, r) {
+	for _, c := range fixture.RequireCounts(t, r) {
 		n += c
 	}
 	return n
@@ -55,7 +56,7 @@ func FuzzMessageID(f *testing.F) {
 	r := fuzzOpen(f)
 	ctx := context.Background()
 	const sentinel = "sentinel"
-	sentinelMD := relSample(sentinel, metastorage.StateHold, 1)
+	sentinelMD := fixture.Sample(sentinel, metastorage.StateHold, 1)
 	require.NoError(f, r.StoreMeta(ctx, sentinel, sentinelMD))
 	for _, s := range []string{"a", "A", "msg-1", " ", "a ", "ü", "\u202e", "'; DROP TABLE messages; --", "%", "_", "\\",
 		strings.Repeat("x", 255), strings.Repeat("x", 256), strings.Repeat("é", 127), strings.Repeat("é", 128), "", "\x00", "a\x00b", "\xff", "\xc3"} {
@@ -63,7 +64,7 @@ func FuzzMessageID(f *testing.F) {
 	}
 	f.Fuzz(func(t *testing.T, id string) {
 		before := fuzzTotal(t, r)
-		md := relSample(id, metastorage.StateDeferred, len(id))
+		md := fixture.Sample(id, metastorage.StateDeferred, len(id))
 		err := r.StoreMeta(ctx, id, md)
 		if !fuzzValidID(id) {
 			require.ErrorIs(t, err, sqlitemeta.ErrInvalidInput)
@@ -76,7 +77,7 @@ func FuzzMessageID(f *testing.F) {
 			require.Equal(t, before, fuzzTotal(t, r))
 			got, err := r.GetMeta(ctx, sentinel)
 			require.NoError(t, err)
-			relRequireSameMeta(t, sentinelMD, got, false)
+			fixture.RequireSameMeta(t, sentinelMD, got, false)
 			return
 		}
 		require.NoError(t, err)
@@ -87,7 +88,7 @@ func FuzzMessageID(f *testing.F) {
 		got, err := r.GetMeta(ctx, id)
 		require.NoError(t, err)
 		require.Equal(t, []byte(id), []byte(got.ID))
-		relRequireSameMeta(t, md, got, false)
+		fixture.RequireSameMeta(t, md, got, false)
 		require.Equal(t, before+1, fuzzTotal(t, r))
 		list, err := r.ListMessages(ctx, metastorage.StateDeferred, metastorage.MessageListOptions{})
 		require.NoError(t, err)
@@ -141,7 +142,7 @@ func FuzzHeaders(f *testing.F) {
 		for k, v := range h {
 			valid = valid && utf8.ValidString(k) && utf8.ValidString(v)
 		}
-		md := relSample("h", metastorage.StateIncoming, 1)
+		md := fixture.Sample("h", metastorage.StateIncoming, 1)
 		md.Headers = h
 		err := r.StoreMeta(ctx, "h", md)
 		if !valid {
@@ -174,7 +175,7 @@ func FuzzHeaders(f *testing.F) {
 func fuzzListData() []metastorage.MessageMetadata {
 	var out []metastorage.MessageMetadata
 	for k := 0; k < 30; k++ {
-		md := relSample(fmt.Sprintf("l%02d-%c", (k*7)%30, 'a'+rune(k%3)), relStates[k%3], k)
+		md := fixture.Sample(fmt.Sprintf("l%02d-%c", (k*7)%30, 'a'+rune(k%3)), fixture.States[k%3], k)
 		md.Created = time.Unix(1_700_000_000+int64(k%5), int64(k%2)*500).UTC()
 		md.Updated = time.Unix(1_700_000_100-int64(k%4), 0).UTC()
 		md.Priority = k%4 - 1
@@ -324,8 +325,8 @@ func FuzzStates(f *testing.F) {
 	}
 	f.Fuzz(func(t *testing.T, store, from1, to1, from2, to2 int) {
 		const id = "st"
-		before := relRequireCounts(t, r)
-		md := relSample(id, metastorage.QueueState(store), 1)
+		before := fixture.RequireCounts(t, r)
+		md := fixture.Sample(id, metastorage.QueueState(store), 1)
 		err := r.StoreMeta(ctx, id, md)
 		cur := -1 // not stored
 		if store < 0 || store > 5 {
@@ -362,8 +363,8 @@ func FuzzStates(f *testing.F) {
 			require.NoError(t, err)
 			cur = to2
 		}
-		after := relRequireCounts(t, r)
-		for _, s := range relStates {
+		after := fixture.RequireCounts(t, r)
+		for _, s := range fixture.States {
 			want := before[s]
 			if int(s) == cur {
 				want++
@@ -373,6 +374,6 @@ func FuzzStates(f *testing.F) {
 		if cur >= 0 {
 			require.NoError(t, r.DeleteMeta(ctx, id))
 		}
-		require.Equal(t, before, relRequireCounts(t, r))
+		require.Equal(t, before, fixture.RequireCounts(t, r))
 	})
 }

@@ -1,4 +1,4 @@
-package sqlite_test
+package systemtest
 
 import (
 	"context"
@@ -18,7 +18,7 @@ import (
 	metastorage "schneider.vip/retryspool/storage/meta"
 
 	sqlitemeta "schneider.vip/retryspool/storage/meta/sqlite"
-	"schneider.vip/retryspool/storage/meta/sqlite/internal/testdb"
+	"schneider.vip/retryspool/storage/meta/sqlite/internal/testkit/testdb"
 )
 
 // These tests run the real RetrySpool queue with filesystem data storage and

@@ -1,9 +1,10 @@
-package sqlite_test
+package repository_test
 
 import (
 	"context"
 	"errors"
 	"fmt"
+	"math"
 	"sync"
 	"testing"
 	"time"
@@ -12,47 +13,53 @@ import (
 	metastorage "schneider.vip/retryspool/storage/meta"
 
 	sqlitemeta "schneider.vip/retryspool/storage/meta/sqlite"
-	"schneider.vip/retryspool/storage/meta/sqlite/internal/testdb"
+	"schneider.vip/retryspool/storage/meta/sqlite/internal/testkit/testdb"
 	"schneider.vip/retryspool/storage/meta/sqlite/metatest"
+	"schneider.vip/retryspool/storage/meta/sqlite/model"
 	"schneider.vip/retryspool/storage/meta/sqlite/repository"
 )
 
-// TestQueueOps runs the queue operations suite on a SQLite file opened by
-// the factory (group commit), and on PostgreSQL and MySQL/MariaDB when
-// their DSNs are set.
+// limits are the library's promises beyond the contract, for
+// metatest.RunStrict.
+var limits = metatest.Limits{
+	InvalidInput:        repository.ErrInvalidInput,
+	IteratorClosed:      repository.ErrIteratorClosed,
+	MaxIDLength:         model.MaxIDLength,
+	MaxPolicyNameLength: 255,
+	MaxListLimit:        repository.MaxListLimit,
+	MinTime:             time.Unix(0, math.MinInt64+1), // just after the smallest int64 nanoseconds
+	MaxTime:             time.Unix(0, math.MaxInt64),   // the largest
+}
+
+// newRepoIn returns a maker of fresh, empty repositories in a column; the
+// suites close them.
+func newRepoIn(newEnv func(t *testing.T) *dbEnv) func(t *testing.T) *repository.Repository {
+	return func(t *testing.T) *repository.Repository { return newEnv(t).openUnclosed(t) }
+}
+
+// TestConformance runs the conformance suites in every column of the
+// matrix: a fresh SQLite file per subtest, and a fresh table per subtest
+// on PostgreSQL and MariaDB/MySQL when their DSN is set.
+func TestConformance(t *testing.T) {
+	forColumns(t, false, func(t *testing.T, _ column, newEnv func(t *testing.T) *dbEnv) {
+		newRepo := newRepoIn(newEnv)
+		backend := func(t *testing.T) metastorage.Backend { return newRepo(t) }
+		t.Run("Contract", func(t *testing.T) { metatest.Run(t, backend) })
+		t.Run("Strict", func(t *testing.T) { metatest.RunStrict(t, backend, limits) })
+		t.Run("Repository", func(t *testing.T) { runRepository(t, newRepo) })
+	})
+}
+
+// TestQueueOps runs the queue operations suite in every column of the
+// matrix.
 func TestQueueOps(t *testing.T) {
-	for _, e := range testdb.Engines() {
-		t.Run(e.Name, func(t *testing.T) {
-			if e.Skip != "" {
-				t.Skip(e.Skip)
-			}
-			metatest.RunQueueOps(t, queueRepoMaker(t, e))
+	forColumns(t, false, func(t *testing.T, _ column, newEnv func(t *testing.T) *dbEnv) {
+		runQueueOps(t, func(t *testing.T) *repository.Repository {
+			r := newEnv(t).openUnclosed(t)
+			t.Cleanup(func() { _ = r.Close() })
+			return r
 		})
-	}
-}
-
-// queueRepoMaker returns a maker of empty repositories on engine e.
-func queueRepoMaker(t *testing.T, e testdb.Engine) func(t *testing.T) *repository.Repository {
-	if e.Name == "sqlite" {
-		return func(t *testing.T) *repository.Repository {
-			return openQueueFile(t, testdb.SQLitePath(t))
-		}
-	}
-	db := e.Open(t)
-	return func(t *testing.T) *repository.Repository {
-		r, err := sqlitemeta.NewFactory(sqlitemeta.WithDB(db), sqlitemeta.WithTableName(e.Table(t, db))).Open(context.Background())
-		require.NoError(t, err)
-		t.Cleanup(func() { _ = r.Close() })
-		return r
-	}
-}
-
-func openQueueFile(t *testing.T, path string, opts ...sqlitemeta.Option) *sqlitemeta.Repository {
-	t.Helper()
-	r, err := sqlitemeta.NewFactory(append([]sqlitemeta.Option{sqlitemeta.WithDatabasePath(path)}, opts...)...).Open(context.Background())
-	require.NoError(t, err)
-	t.Cleanup(func() { _ = r.Close() })
-	return r
+	})
 }
 
 var errQueueHook = errors.New("refused by hook")
@@ -77,7 +84,9 @@ func TestQueueOpsGroupCommitHooks(t *testing.T) {
 		mu.Unlock()
 		return nil
 	}
-	r := openQueueFile(t, testdb.SQLitePath(t), sqlitemeta.WithTransitionHook(hook), sqlitemeta.WithStrictTransitions())
+	env := &dbEnv{where: []sqlitemeta.Option{sqlitemeta.WithDatabasePath(testdb.SQLitePath(t))}}
+	r := env.openUnclosed(t, sqlitemeta.WithTransitionHook(hook), sqlitemeta.WithStrictTransitions())
+	t.Cleanup(func() { _ = r.Close() })
 	base := time.Date(2024, 1, 1, 0, 0, 0, 0, time.UTC)
 	const n = 300
 	var seed []metastorage.MessageMetadata

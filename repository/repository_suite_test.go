@@ -1,4 +1,4 @@
-package metatest
+package repository_test
 
 import (
 	"context"
@@ -17,12 +17,12 @@ import (
 	"schneider.vip/retryspool/storage/meta/sqlite/repository"
 )
 
-// RunRepository checks the API of *repository.Repository beyond the
+// runRepository checks the API of *repository.Repository beyond the
 // contract: StoreMetaBatch, ClaimMessages, ClaimDue, DueMessages,
 // StateCount, WithTx and Transaction. Each subtest gets a fresh, empty
 // repository from newRepo and closes it when it ends.
-func RunRepository(t *testing.T, newRepo func(t *testing.T) *repository.Repository) {
-	rs := &repoSuite{newRepo: newRepo, suite: newSuite(nil, nil)}
+func runRepository(t *testing.T, newRepo func(t *testing.T) *repository.Repository) {
+	rs := &repoSuite{newRepo: newRepo}
 	run(t, []subtest{
 		{"StoreMetaBatch", rs.testBatch},
 		{"StoreMetaBatchAllOrNothing", rs.testBatchAllOrNothing},
@@ -43,7 +43,6 @@ func RunRepository(t *testing.T, newRepo func(t *testing.T) *repository.Reposito
 
 type repoSuite struct {
 	newRepo func(t *testing.T) *repository.Repository
-	*suite
 }
 
 func (rs *repoSuite) repo(t *testing.T) *repository.Repository {
@@ -86,10 +85,10 @@ func (rs *repoSuite) requireStored(t *testing.T, r *repository.Repository, want 
 	for _, st := range States {
 		it, err := r.NewMessageIterator(context.Background(), st, 500)
 		require.NoError(t, err)
-		for _, md := range rs.drain(t, it, nil) {
+		for _, md := range drain(t, it, nil) {
 			w, ok := byID[md.ID]
 			require.True(t, ok, "unexpected message %q", md.ID)
-			rs.requireSameMeta(t, w, md)
+			requireSameMeta(t, w, md)
 			seen = append(seen, md.ID)
 		}
 		require.NoError(t, it.Close())
@@ -194,8 +193,8 @@ func (rs *repoSuite) testClaim(t *testing.T) {
 			w := want[i]
 			w.State = metastorage.StateActive
 			w.Updated = md.Updated
-			rs.requireSameMeta(t, w, md)
-			rs.requireSameMeta(t, md, get(t, r, md.ID))
+			requireSameMeta(t, w, md)
+			requireSameMeta(t, md, get(t, r, md.ID))
 		}
 		claimed = append(claimed, got...)
 		requireCounts(t, r, counts{metastorage.StateIncoming: len(mds) - len(claimed), metastorage.StateActive: 4 + len(claimed)})
@@ -280,7 +279,7 @@ func (rs *repoSuite) testDue(t *testing.T) {
 	require.NoError(t, err)
 	require.Equal(t, ids(due), ids(got), "DueMessages: due ones only, earliest NextRetry first, ties by ID")
 	for i := range got {
-		rs.requireSameMeta(t, due[i], got[i])
+		requireSameMeta(t, due[i], got[i])
 	}
 	got, err = r.DueMessages(ctx, now, 2)
 	require.NoError(t, err)
@@ -292,7 +291,7 @@ func (rs *repoSuite) testDue(t *testing.T) {
 	require.Equal(t, ids(due[:4]), ids(got), "ClaimDue: earliest first")
 	for _, md := range got {
 		require.Equal(t, metastorage.StateActive, md.State)
-		rs.requireSameMeta(t, md, get(t, r, md.ID))
+		requireSameMeta(t, md, get(t, r, md.ID))
 	}
 	got, err = r.ClaimDue(ctx, now, 100)
 	require.NoError(t, err)
@@ -310,7 +309,7 @@ func (rs *repoSuite) testDue(t *testing.T) {
 	require.NoError(t, err)
 	require.Equal(t, ids(notDue), ids(got))
 	for _, md := range others {
-		rs.requireSameMeta(t, md, get(t, r, md.ID))
+		requireSameMeta(t, md, get(t, r, md.ID))
 	}
 }
 
@@ -528,7 +527,7 @@ func (rs *repoSuite) testWithTxCommit(t *testing.T) {
 	require.NoError(t, v.MoveToState(ctx, "pre", metastorage.StateIncoming, metastorage.StateActive))
 	requireIdentical(t, metastorage.ErrStateConflict, v.MoveToState(ctx, "pre", metastorage.StateIncoming, metastorage.StateActive))
 	// The transaction sees its own writes ...
-	rs.requireSameMeta(t, in, get(t, v, in.ID))
+	requireSameMeta(t, in, get(t, v, in.ID))
 	n, err := v.StateCount(ctx, metastorage.StateIncoming)
 	require.NoError(t, err)
 	require.Equal(t, int64(1), n)
@@ -538,7 +537,7 @@ func (rs *repoSuite) testWithTxCommit(t *testing.T) {
 	require.NoError(t, v.Close(), "Close of a view does nothing")
 
 	require.NoError(t, tx.Commit().Error)
-	rs.requireSameMeta(t, in, get(t, r, in.ID))
+	requireSameMeta(t, in, get(t, r, in.ID))
 	require.Equal(t, metastorage.StateActive, get(t, r, "pre").State)
 	requireCounts(t, r, counts{metastorage.StateIncoming: 1, metastorage.StateActive: 1})
 }
@@ -564,7 +563,7 @@ func (rs *repoSuite) testWithTxRollback(t *testing.T) {
 
 	requireAbsent(t, r, "in-tx")
 	requireAbsent(t, r, seqID("batch", 0))
-	rs.requireSameMeta(t, pre, get(t, r, "pre"))
+	requireSameMeta(t, pre, get(t, r, "pre"))
 	requireCounts(t, r, counts{metastorage.StateIncoming: 1})
 }
 

@@ -1,4 +1,4 @@
-package sqlite_test
+package systemtest
 
 import (
 	"bytes"
@@ -16,6 +16,7 @@ import (
 	metastorage "schneider.vip/retryspool/storage/meta"
 
 	sqlitemeta "schneider.vip/retryspool/storage/meta/sqlite"
+	"schneider.vip/retryspool/storage/meta/sqlite/internal/testkit/fixture"
 	"schneider.vip/retryspool/storage/meta/sqlite/repository"
 )
 
@@ -44,7 +45,7 @@ func hostileRefused(t *testing.T, path string, want error, opts ...sqlitemeta.Op
 	fi, err := os.Stat(path)
 	isFile := err == nil && fi.Mode().IsRegular()
 	if isFile {
-		before = relSHA256(t, path)
+		before = fixture.SHA256(t, path)
 	}
 	sidecars := hostileSidecarsOf(path)
 	b, err := sqlitemeta.NewFactory(append([]sqlitemeta.Option{sqlitemeta.WithDatabasePath(path)}, opts...)...).Create()
@@ -53,7 +54,7 @@ func hostileRefused(t *testing.T, path string, want error, opts ...sqlitemeta.Op
 	}
 	require.ErrorIs(t, err, want)
 	if isFile {
-		require.Equal(t, before, relSHA256(t, path), "the refused file was changed")
+		require.Equal(t, before, fixture.SHA256(t, path), "the refused file was changed")
 	}
 	require.Equal(t, sidecars, hostileSidecarsOf(path), "journal files appeared beside a refused file")
 	return err
@@ -64,10 +65,10 @@ func hostileRefused(t *testing.T, path string, want error, opts ...sqlitemeta.Op
 func hostileValidDB(t *testing.T, n int) (string, int) {
 	t.Helper()
 	path := filepath.Join(t.TempDir(), "valid.db")
-	r := relOpen(t, path)
+	r := openFile(t, path)
 	var batch []metastorage.MessageMetadata
 	for i := 0; i < n; i++ {
-		md := relSample(fmt.Sprintf("msg-%05d", i), relStates[i%6], i)
+		md := fixture.Sample(fmt.Sprintf("msg-%05d", i), fixture.States[i%6], i)
 		md.LastError = fmt.Sprintf("MARKER-%05d %s", i, strings.Repeat("x", 200))
 		batch = append(batch, md)
 	}
@@ -226,8 +227,8 @@ func TestHostileCorruptPayloadIsNotDetected(t *testing.T) {
 	require.Positive(t, off)
 	hostilePatch(t, path, int64(off), []byte("MANGLE"))
 
-	r := relOpen(t, path)
-	relRequireIntegrity(t, r.DB())
+	r := openFile(t, path)
+	fixture.RequireIntegrity(t, r.DB())
 	md, err := r.GetMeta(context.Background(), "msg-00042")
 	require.NoError(t, err)
 	require.True(t, strings.HasPrefix(md.LastError, "MANGLE-00042"), md.LastError)
@@ -248,8 +249,8 @@ func TestHostileForeignTable(t *testing.T) {
 	err := hostileRefused(t, path, sqlitemeta.ErrForeignTable)
 	require.Contains(t, err.Error(), `table "messages"`)
 	// The same file serves a queue under another name.
-	r := relOpen(t, path, sqlitemeta.WithTableName("retryspool_messages"))
-	require.NoError(t, r.StoreMeta(context.Background(), "m", relSample("m", metastorage.StateIncoming, 1)))
+	r := openFile(t, path, sqlitemeta.WithTableName("retryspool_messages"))
+	require.NoError(t, r.StoreMeta(context.Background(), "m", fixture.Sample("m", metastorage.StateIncoming, 1)))
 }
 
 func TestHostilePaths(t *testing.T) {
@@ -319,7 +320,7 @@ func TestHostileInjection(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
 	path, _ := hostileValidDB(t, 30)
-	sum := relSHA256(t, path)
+	sum := fixture.SHA256(t, path)
 
 	refused := map[string]sqlitemeta.Option{
 		"table name statement":   sqlitemeta.WithTableName(`messages"; DROP TABLE messages; --`),
@@ -338,15 +339,15 @@ func TestHostileInjection(t *testing.T) {
 	for name, opt := range refused {
 		_, err := sqlitemeta.NewFactory(sqlitemeta.WithDatabasePath(path), opt).Create()
 		require.ErrorIs(t, err, sqlitemeta.ErrConfig, name)
-		require.Equal(t, sum, relSHA256(t, path), name)
+		require.Equal(t, sum, fixture.SHA256(t, path), name)
 		require.Empty(t, hostileSidecarsOf(path), name)
 	}
 	for _, name := range []string{`a"b`, "a;b", "a b", "a-b", "1abc", "", strings.Repeat("a", 41), "a\x00b", "ä"} {
 		require.ErrorIs(t, repository.CheckTableName(name), sqlitemeta.ErrInvalidInput, name)
 	}
 
-	r := relOpen(t, path)
-	before := relAll(t, r)
+	r := openFile(t, path)
+	before := fixture.All(t, r)
 	for _, o := range []metastorage.MessageListOptions{
 		{SortBy: "created; DROP TABLE messages"},
 		{SortBy: "created DESC, (SELECT COUNT(*) FROM messages)"},
@@ -362,16 +363,16 @@ func TestHostileInjection(t *testing.T) {
 	}
 	// SQL in data is only data.
 	evil := `x'); DROP TABLE messages; --`
-	md := relSample(evil, metastorage.StateHold, 1)
+	md := fixture.Sample(evil, metastorage.StateHold, 1)
 	md.LastError = `'); DELETE FROM messages; --`
 	md.Headers = map[string]string{`"; DROP TABLE messages; --`: `'`}
 	require.NoError(t, r.StoreMeta(ctx, evil, md))
 	got, err := r.GetMeta(ctx, evil)
 	require.NoError(t, err)
-	relRequireSameMeta(t, md, got, false)
+	fixture.RequireSameMeta(t, md, got, false)
 	require.NoError(t, r.DeleteMeta(ctx, evil))
-	require.Equal(t, before, relAll(t, r))
-	relRequireCounts(t, r)
+	require.Equal(t, before, fixture.All(t, r))
+	fixture.RequireCounts(t, r)
 }
 
 // TestHostilePathCharacters: characters that mean something in an SQLite
@@ -388,8 +389,8 @@ func TestHostilePathCharacters(t *testing.T) {
 	}
 	for _, name := range names {
 		path := filepath.Join(dir, name)
-		r := relOpen(t, path)
-		require.NoError(t, r.StoreMeta(context.Background(), "m", relSample("m", metastorage.StateIncoming, 1)))
+		r := openFile(t, path)
+		require.NoError(t, r.StoreMeta(context.Background(), "m", fixture.Sample("m", metastorage.StateIncoming, 1)))
 		var mode string
 		require.NoError(t, r.DB().Raw("PRAGMA journal_mode").Scan(&mode).Error)
 		require.Equal(t, "wal", mode, name)
@@ -397,7 +398,7 @@ func TestHostilePathCharacters(t *testing.T) {
 		fi, err := os.Stat(path)
 		require.NoError(t, err, "the file is named %q", name)
 		require.Positive(t, fi.Size())
-		r = relOpen(t, path)
+		r = openFile(t, path)
 		_, err = r.GetMeta(context.Background(), "m")
 		require.NoError(t, err, name)
 		require.NoError(t, r.Close())

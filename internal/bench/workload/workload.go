@@ -1,6 +1,6 @@
 // Package workload runs a realistic RetrySpool workload against the
 // metadata store and, in the same run, against the raw database/sql floor
-// of internal/floor, and reports per-operation rates and latencies.
+// of internal/bench/floor, and reports per-operation rates and latencies.
 //
 // The phases follow a message's life in a Postfix-style queue, each run by
 // Config.Workers goroutines:
@@ -50,7 +50,7 @@ import (
 	metastorage "schneider.vip/retryspool/storage/meta"
 
 	sqlitemeta "schneider.vip/retryspool/storage/meta/sqlite"
-	"schneider.vip/retryspool/storage/meta/sqlite/internal/floor"
+	"schneider.vip/retryspool/storage/meta/sqlite/internal/bench/floor"
 	"schneider.vip/retryspool/storage/meta/sqlite/repository"
 )
 

@@ -13,8 +13,8 @@ import (
 	metastorage "schneider.vip/retryspool/storage/meta"
 
 	sqlitemeta "schneider.vip/retryspool/storage/meta/sqlite"
-	"schneider.vip/retryspool/storage/meta/sqlite/internal/testdb"
-	"schneider.vip/retryspool/storage/meta/sqlite/internal/workload"
+	"schneider.vip/retryspool/storage/meta/sqlite/internal/bench/workload"
+	"schneider.vip/retryspool/storage/meta/sqlite/internal/testkit/testdb"
 )
 
 // tracker records the progress calls of a run.

@@ -1,9 +1,8 @@
-package sqlite_test
+package systemtest
 
 import (
 	"context"
 	"fmt"
-	"os"
 	"strconv"
 	"strings"
 	"sync"
@@ -19,15 +18,15 @@ import (
 	metastorage "schneider.vip/retryspool/storage/meta"
 
 	sqlitemeta "schneider.vip/retryspool/storage/meta/sqlite"
-	"schneider.vip/retryspool/storage/meta/sqlite/internal/proc"
-	"schneider.vip/retryspool/storage/meta/sqlite/internal/testdb"
+	"schneider.vip/retryspool/storage/meta/sqlite/internal/testkit/proc"
+	"schneider.vip/retryspool/storage/meta/sqlite/internal/testkit/testdb"
 	"schneider.vip/retryspool/storage/meta/sqlite/metatest"
 )
 
-// confEngines runs fn as a subtest per engine: SQLite always, PostgreSQL
+// forEngines runs fn as a subtest per engine: SQLite always, PostgreSQL
 // and MariaDB/MySQL when their DSN is set (skipped with the reason
 // otherwise).
-func confEngines(t *testing.T, fn func(t *testing.T, e testdb.Engine)) {
+func forEngines(t *testing.T, fn func(t *testing.T, e testdb.Engine)) {
 	for _, e := range testdb.Engines() {
 		t.Run(e.Name, func(t *testing.T) {
 			if e.Skip != "" {
@@ -38,46 +37,25 @@ func confEngines(t *testing.T, fn func(t *testing.T, e testdb.Engine)) {
 	}
 }
 
-// confRepoMaker returns a constructor of fresh, empty repositories on e: a new
-// SQLite file opened by the factory, or a new table in one shared server
-// database handed in with WithDB. The caller closes the repository; the
-// table is dropped when the test that asked for it ends.
-func confRepoMaker(t *testing.T, e testdb.Engine) func(t *testing.T) *sqlitemeta.Repository {
-	if e.Name == "sqlite" {
-		return func(t *testing.T) *sqlitemeta.Repository {
-			return confOpen(t, sqlitemeta.WithDatabasePath(testdb.SQLitePath(t)))
-		}
-	}
-	db := e.Open(t)
-	return func(t *testing.T) *sqlitemeta.Repository {
-		return confOpen(t, sqlitemeta.WithDB(db), sqlitemeta.WithTableName(e.Table(t, db)))
-	}
-}
-
-// confOpen opens a repository with the factory.
-func confOpen(t *testing.T, opts ...sqlitemeta.Option) *sqlitemeta.Repository {
+// openFactory opens a repository with the factory.
+func openFactory(t *testing.T, opts ...sqlitemeta.Option) *sqlitemeta.Repository {
 	t.Helper()
 	r, err := sqlitemeta.NewFactory(opts...).Open(context.Background())
 	require.NoError(t, err)
 	return r
 }
 
-// confBackend adapts a repository constructor to the contract's type.
-func confBackend(newRepo func(t *testing.T) *sqlitemeta.Repository) func(t *testing.T) metastorage.Backend {
-	return func(t *testing.T) metastorage.Backend { return newRepo(t) }
-}
-
-// confShared is one queue that several repositories or processes use at
+// sharedQueue is one queue that several repositories or processes use at
 // once: a SQLite file, or a table on a server engine. open opens one more
 // repository on it; path and table tell a child process where it is.
-type confShared struct {
+type sharedQueue struct {
 	path  string   // SQLite file
 	db    *gorm.DB // server engines
 	table string
 }
 
-func newConfShared(t *testing.T, e testdb.Engine) *confShared {
-	st := &confShared{}
+func newSharedQueue(t *testing.T, e testdb.Engine) *sharedQueue {
+	st := &sharedQueue{}
 	if e.Name == "sqlite" {
 		st.path = testdb.SQLitePath(t)
 		return st
@@ -89,13 +67,13 @@ func newConfShared(t *testing.T, e testdb.Engine) *confShared {
 
 // open opens a repository on the shared queue, with a connection pool of
 // its own on SQLite.
-func (st *confShared) open(t *testing.T) *sqlitemeta.Repository {
+func (st *sharedQueue) open(t *testing.T) *sqlitemeta.Repository {
 	t.Helper()
 	var r *sqlitemeta.Repository
 	if st.path != "" {
-		r = confOpen(t, sqlitemeta.WithDatabasePath(st.path))
+		r = openFactory(t, sqlitemeta.WithDatabasePath(st.path))
 	} else {
-		r = confOpen(t, sqlitemeta.WithDB(st.db), sqlitemeta.WithTableName(st.table))
+		r = openFactory(t, sqlitemeta.WithDB(st.db), sqlitemeta.WithTableName(st.table))
 	}
 	t.Cleanup(func() { require.NoError(t, r.Close()) })
 	return r
@@ -223,19 +201,13 @@ const (
 	childIDs     = "IDS"
 )
 
-// Roles of the race children.
-const (
-	roleMove  = "move"
-	roleClaim = "claim"
-)
-
 // TestProcessRace has two processes, each with its own connection pool and
 // 24 goroutines, claim 2,000 messages from Incoming to Active on one
 // database: with MoveToState (every message raced by several goroutines of
 // both processes) and with ClaimMessages batches. Every message must be
 // claimed exactly once, and the counts must be exact afterwards.
 func TestProcessRace(t *testing.T) {
-	confEngines(t, func(t *testing.T, e testdb.Engine) {
+	forEngines(t, func(t *testing.T, e testdb.Engine) {
 		for _, role := range []string{roleMove, roleClaim} {
 			t.Run(role, func(t *testing.T) { processRace(t, e, role) })
 		}
@@ -248,7 +220,7 @@ func processRace(t *testing.T, e testdb.Engine, role string) {
 		messages  = 2000
 		workers   = 24
 	)
-	st := newConfShared(t, e)
+	st := newSharedQueue(t, e)
 	r := st.open(t)
 	ids := raceIDs(t, r, messages)
 	params := map[string]string{
@@ -257,22 +229,20 @@ func processRace(t *testing.T, e testdb.Engine, role string) {
 	}
 	children := make([]*proc.Child, processes)
 	for i := range children {
-		children[i] = proc.Start(t, fmt.Sprintf("%s child %d", role, i), role, params, time.Minute)
+		children[i] = proc.Start(t, fmt.Sprintf("%s child %d", role, i), role, params)
 	}
 	for _, c := range children {
-		require.NoError(t, c.WaitReady())
+		c.WaitReady(t)
 	}
 	for _, c := range children {
-		require.NoError(t, c.Go())
+		c.Go(t)
 	}
 	won := make([][]string, processes)
 	for i, c := range children {
-		results, err := c.Wait()
-		require.NoError(t, err)
-		for _, res := range results {
+		for _, res := range c.Finish(t) {
 			if id, ok := strings.CutPrefix(res, "won "); ok {
 				won[i] = append(won[i], id)
-			} else {
+			} else if res != proc.ReadyLine {
 				t.Logf("child %d: %s", i, res)
 			}
 		}
@@ -281,16 +251,8 @@ func processRace(t *testing.T, e testdb.Engine, role string) {
 	t.Logf("%s on %s: the processes won %d and %d", role, e.Name, len(won[0]), len(won[1]))
 }
 
-// runChild is the main function of a race child; it returns the exit code.
-func runChild(role string) int {
-	if err := child(role); err != nil {
-		fmt.Fprintln(os.Stderr, "child:", err)
-		return 1
-	}
-	return 0
-}
-
-func child(role string) error {
+// raceChild is the main function of a race child.
+func raceChild(role string) error {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	workers, err := strconv.Atoi(proc.Param(childWorkers))
@@ -348,13 +310,71 @@ func child(role string) error {
 	if err != nil {
 		return err
 	}
-	out := proc.NewEmitter()
 	for _, id := range won {
-		out.Emit("won " + id)
+		proc.Say("won " + id)
 	}
-	out.Emit(fmt.Sprintf("stats: won %d, lost %d races", len(won), conflicts))
-	if err := out.Flush(); err != nil {
-		return err
-	}
+	proc.Say(fmt.Sprintf("stats: won %d, lost %d races", len(won), conflicts))
 	return r.Close()
+}
+
+// TestConformanceTwoFactoriesOneFile has two backends, each with its own
+// connection pools and group writer, race over one SQLite file.
+func TestConformanceTwoFactoriesOneFile(t *testing.T) {
+	t.Parallel()
+	st := newSharedQueue(t, testdb.Engines()[0])
+	a, b := st.open(t), st.open(t)
+	ids := raceIDs(t, a, 1000)
+	ctx := context.Background()
+	var wonA, wonB []string
+	var errA, errB error
+	var wg sync.WaitGroup
+	wg.Add(2)
+	go func() { defer wg.Done(); wonA, _, errA = raceMoves(ctx, a, ids, 12, 3) }()
+	go func() { defer wg.Done(); wonB, _, errB = raceMoves(ctx, b, ids, 12, 3) }()
+	wg.Wait()
+	require.NoError(t, errA)
+	require.NoError(t, errB)
+	requireClaimedOnce(t, a, ids, wonA, wonB)
+	requireClaimedOnce(t, b, ids, wonA, wonB)
+	t.Logf("first backend won %d, second %d", len(wonA), len(wonB))
+}
+
+// TestConformanceSQLiteReadsDuringWrite reads through new connections of
+// the read pool while an application transaction on the same file holds
+// the write lock: in WAL mode readers never wait for the writer, so no read
+// may fail with ErrBusy, however short the busy timeout.
+func TestConformanceSQLiteReadsDuringWrite(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	r := openFactory(t, sqlitemeta.WithDatabasePath(testdb.SQLitePath(t)), sqlitemeta.WithBusyTimeout(50), sqlitemeta.WithMaxIdleConns(0))
+	t.Cleanup(func() { require.NoError(t, r.Close()) })
+	ids := raceIDs(t, r, 10)
+	tx := r.DB().Begin()
+	require.NoError(t, tx.Error)
+	defer tx.Rollback()
+	require.NoError(t, r.WithTx(tx).MoveToState(ctx, ids[0], metastorage.StateIncoming, metastorage.StateHold))
+
+	var wg sync.WaitGroup
+	errs := make(chan error, 8)
+	for i := range 8 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			md, err := r.GetMeta(ctx, ids[i])
+			if err == nil && md.State != metastorage.StateIncoming {
+				err = fmt.Errorf("%s is %s before the commit", md.ID, md.State)
+			}
+			if err == nil {
+				_, err = r.ListMessages(ctx, metastorage.StateIncoming, metastorage.MessageListOptions{})
+			}
+			errs <- err
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		require.NoError(t, err)
+	}
+	require.NoError(t, tx.Commit().Error)
+	require.Equal(t, int64(1), r.GetStateCount(metastorage.StateHold))
 }

@@ -1,4 +1,4 @@
-package sqlite_test
+package systemtest
 
 import (
 	"context"
@@ -16,7 +16,8 @@ import (
 	metastorage "schneider.vip/retryspool/storage/meta"
 
 	sqlitemeta "schneider.vip/retryspool/storage/meta/sqlite"
-	"schneider.vip/retryspool/storage/meta/sqlite/internal/testdb"
+	"schneider.vip/retryspool/storage/meta/sqlite/internal/testkit/fixture"
+	"schneider.vip/retryspool/storage/meta/sqlite/internal/testkit/testdb"
 	"schneider.vip/retryspool/storage/meta/sqlite/repository"
 )
 
@@ -233,16 +234,16 @@ func TestLegacyUpgrade(t *testing.T) {
 			require.NoError(t, err)
 			require.NoError(t, db.Close())
 
-			r := relOpen(t, path)
+			r := openFile(t, path)
 			require.Equal(t, repository.SchemaVersion, legacySchemaVersion(t, r, "messages"))
-			all := relAll(t, r)
+			all := fixture.All(t, r)
 			require.Len(t, all, len(edge)+bulk)
 			for _, row := range edge {
-				relRequireSameMeta(t, legacyWant(t, row, withPolicy), all[row.id], false)
+				fixture.RequireSameMeta(t, legacyWant(t, row, withPolicy), all[row.id], false)
 			}
 			for x := 1; x <= bulk; x++ {
 				row := legacyBulkRow(x)
-				relRequireSameMeta(t, legacyWant(t, row, withPolicy), all[row.id], false)
+				fixture.RequireSameMeta(t, legacyWant(t, row, withPolicy), all[row.id], false)
 			}
 			// Times kept their second precision, and zero stays zero.
 			require.True(t, all["zero-times"].NextRetry.IsZero())
@@ -250,13 +251,13 @@ func TestLegacyUpgrade(t *testing.T) {
 			require.Nil(t, all["null-next-retry"].Headers)
 			require.Equal(t, map[string]string{}, all["hold"].Headers)
 			require.Equal(t, time.Unix(0, 0).UTC(), all["hold"].Created)
-			counts := relRequireCounts(t, r)
+			counts := fixture.RequireCounts(t, r)
 			require.Equal(t, int64(1+bulk/6), counts[metastorage.StateIncoming])
 
 			// The upgraded table works: writes keep the counts right.
 			require.NoError(t, r.MoveToState(ctx, "deferred", metastorage.StateDeferred, metastorage.StateActive))
 			require.NoError(t, r.DeleteMeta(ctx, "bounce"))
-			relRequireCounts(t, r)
+			fixture.RequireCounts(t, r)
 
 			// Only the new indexes remain, and no copy of the old table.
 			var names []string
@@ -266,22 +267,22 @@ func TestLegacyUpgrade(t *testing.T) {
 			var legacyTables int64
 			require.NoError(t, r.DB().Raw("SELECT COUNT(*) FROM sqlite_master WHERE name = 'messages_legacy'").Scan(&legacyTables).Error)
 			require.Zero(t, legacyTables)
-			relRequireIntegrity(t, r.DB())
+			fixture.RequireIntegrity(t, r.DB())
 			require.NoError(t, r.Close())
 
 			// Reopening changes nothing.
 			legacyNoWAL(t, path)
-			sum := relSHA256(t, path)
-			r2 := relOpen(t, path)
+			sum := fixture.SHA256(t, path)
+			r2 := openFile(t, path)
 			var updated []int64
 			require.NoError(t, r2.DB().Raw("SELECT updated FROM retryspool_schema").Scan(&updated).Error)
 			require.NoError(t, r2.Close())
-			require.Equal(t, sum, relSHA256(t, path), "reopening an upgraded database changed it")
-			r3 := relOpen(t, path)
+			require.Equal(t, sum, fixture.SHA256(t, path), "reopening an upgraded database changed it")
+			r3 := openFile(t, path)
 			var again []int64
 			require.NoError(t, r3.DB().Raw("SELECT updated FROM retryspool_schema").Scan(&again).Error)
 			require.Equal(t, updated, again)
-			require.Len(t, relAll(t, r3), len(edge)+bulk-1)
+			require.Len(t, fixture.All(t, r3), len(edge)+bulk-1)
 		})
 	}
 }
@@ -291,8 +292,8 @@ func TestLegacyUpgrade(t *testing.T) {
 func TestLegacyUpgradeNamedTable(t *testing.T) {
 	t.Parallel()
 	path := testdb.SQLitePath(t)
-	r := relOpen(t, path)
-	require.NoError(t, r.StoreMeta(context.Background(), "current", relSample("current", metastorage.StateHold, 1)))
+	r := openFile(t, path)
+	require.NoError(t, r.StoreMeta(context.Background(), "current", fixture.Sample("current", metastorage.StateHold, 1)))
 	require.NoError(t, r.Close())
 
 	db := legacyOpen(t, path)
@@ -301,18 +302,18 @@ func TestLegacyUpgradeNamedTable(t *testing.T) {
 	require.NoError(t, err)
 	require.NoError(t, db.Close())
 
-	jobs := relOpen(t, path, sqlitemeta.WithTableName("jobs"))
-	all := relAll(t, jobs)
+	jobs := openFile(t, path, sqlitemeta.WithTableName("jobs"))
+	all := fixture.All(t, jobs)
 	require.Len(t, all, 50)
 	for x := 1; x <= 50; x++ {
 		row := legacyBulkRow(x)
-		relRequireSameMeta(t, legacyWant(t, row, true), all[row.id], false)
+		fixture.RequireSameMeta(t, legacyWant(t, row, true), all[row.id], false)
 	}
-	relRequireCounts(t, jobs)
+	fixture.RequireCounts(t, jobs)
 	require.Equal(t, repository.SchemaVersion, legacySchemaVersion(t, jobs, "jobs"))
-	r = relOpen(t, path)
-	require.Len(t, relAll(t, r), 1)
-	relRequireCounts(t, r)
+	r = openFile(t, path)
+	require.Len(t, fixture.All(t, r), 1)
+	fixture.RequireCounts(t, r)
 }
 
 // legacyRefused opens path with the factory, expects want, and checks that
@@ -320,10 +321,10 @@ func TestLegacyUpgradeNamedTable(t *testing.T) {
 func legacyRefused(t *testing.T, path string, want error, opts ...sqlitemeta.Option) error {
 	t.Helper()
 	legacyNoWAL(t, path)
-	before := relSHA256(t, path)
+	before := fixture.SHA256(t, path)
 	_, err := sqlitemeta.NewFactory(append([]sqlitemeta.Option{sqlitemeta.WithDatabasePath(path)}, opts...)...).Create()
 	require.ErrorIs(t, err, want)
-	require.Equal(t, before, relSHA256(t, path), "a refused database was changed")
+	require.Equal(t, before, fixture.SHA256(t, path), "a refused database was changed")
 	legacyNoWAL(t, path)
 	return err
 }
@@ -331,8 +332,8 @@ func legacyRefused(t *testing.T, path string, want error, opts ...sqlitemeta.Opt
 func TestLegacySchemaTooNew(t *testing.T) {
 	t.Parallel()
 	path := testdb.SQLitePath(t)
-	r := relOpen(t, path)
-	require.NoError(t, r.StoreMeta(context.Background(), "kept", relSample("kept", metastorage.StateDeferred, 3)))
+	r := openFile(t, path)
+	require.NoError(t, r.StoreMeta(context.Background(), "kept", fixture.Sample("kept", metastorage.StateDeferred, 3)))
 	require.NoError(t, r.Close())
 	db := legacyOpen(t, path)
 	_, err := db.Exec("UPDATE retryspool_schema SET version = ? WHERE table_name = 'messages'", repository.SchemaVersion+1)
@@ -345,8 +346,8 @@ func TestLegacySchemaTooNew(t *testing.T) {
 	// second.
 	legacyRefused(t, path, sqlitemeta.ErrSchemaTooNew)
 	// Another queue in the same file is still usable.
-	other := relOpen(t, path, sqlitemeta.WithTableName("other"))
-	require.NoError(t, other.StoreMeta(context.Background(), "x", relSample("x", metastorage.StateIncoming, 1)))
+	other := openFile(t, path, sqlitemeta.WithTableName("other"))
+	require.NoError(t, other.StoreMeta(context.Background(), "x", fixture.Sample("x", metastorage.StateIncoming, 1)))
 }
 
 func TestLegacyForeignTable(t *testing.T) {
@@ -441,7 +442,7 @@ func legacyRequireBulk(t *testing.T, r *sqlitemeta.Repository, n int) {
 		row := legacyBulkRow(x)
 		md, err := r.GetMeta(ctx, row.id)
 		require.NoError(t, err)
-		relRequireSameMeta(t, legacyWant(t, row, false), md, false)
+		fixture.RequireSameMeta(t, legacyWant(t, row, false), md, false)
 	}
 	var got struct {
 		N                       int64
@@ -466,8 +467,8 @@ func legacyRequireBulk(t *testing.T, r *sqlitemeta.Repository, n int) {
 	require.Equal(t, want.updated, got.Updated)
 	require.Equal(t, want.state, got.State)
 	require.Equal(t, want.zero, got.Zero)
-	relRequireCounts(t, r)
-	relRequireIntegrity(t, r.DB())
+	fixture.RequireCounts(t, r)
+	fixture.RequireIntegrity(t, r.DB())
 }
 
 // legacyTemplate builds a legacy database of n rows once per test and

@@ -7,8 +7,8 @@
 //
 // Usage:
 //
-//	go test -run '^$' -bench . -count 3 . | go run ./internal/benchcmp
-//	go run ./internal/benchcmp [-md] bench.txt
+//	go test -run '^$' -bench . -count 3 . | go run ./internal/bench/benchcmp
+//	go run ./internal/bench/benchcmp [-md] bench.txt
 package main
 
 import (

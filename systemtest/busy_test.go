@@ -1,11 +1,9 @@
-package sqlite_test
+package systemtest
 
 import (
-	"bufio"
 	"context"
 	"errors"
 	"fmt"
-	"os"
 	"strconv"
 	"strings"
 	"sync"
@@ -23,11 +21,13 @@ import (
 
 	sqlitemeta "schneider.vip/retryspool/storage/meta/sqlite"
 	"schneider.vip/retryspool/storage/meta/sqlite/internal/sqlitedriver"
-	"schneider.vip/retryspool/storage/meta/sqlite/internal/testdb"
+	"schneider.vip/retryspool/storage/meta/sqlite/internal/testkit/fixture"
+	"schneider.vip/retryspool/storage/meta/sqlite/internal/testkit/proc"
+	"schneider.vip/retryspool/storage/meta/sqlite/internal/testkit/testdb"
 )
 
 // These tests put two OS processes on one SQLite file: the test and a
-// child (the test binary again, see crash_test.go). The child holds the
+// child (the test binary again, see main_test.go). The child holds the
 // write lock on command, inside a Transaction, while the parent writes.
 
 // busyKind classifies an error seen while another process holds or
@@ -77,8 +77,8 @@ func busyDriverCode(err error) (int, bool) {
 // from stdin: "race <prefix> <n>", "hold", "release", "quit".
 func busyChild() error {
 	ctx := context.Background()
-	opts := []sqlitemeta.Option{sqlitemeta.WithDatabasePath(os.Getenv(relEnvDB))}
-	if ms := os.Getenv(relEnvBusy); ms != "" {
+	opts := []sqlitemeta.Option{sqlitemeta.WithDatabasePath(proc.Param(paramDB))}
+	if ms := proc.Param(paramBusyTimeout); ms != "" {
 		n, err := strconv.Atoi(ms)
 		if err != nil {
 			return err
@@ -98,7 +98,7 @@ func busyChild() error {
 			defer load.Done()
 			for i := 0; !stop.Load(); i++ {
 				id := fmt.Sprintf("child-load-%d-%d", g, i)
-				if _, err := busyKind(r.StoreMeta(ctx, id, relSample(id, metastorage.StateIncoming, i))); err != nil {
+				if _, err := busyKind(r.StoreMeta(ctx, id, fixture.Sample(id, metastorage.StateIncoming, i))); err != nil {
 					errc <- err
 					return
 				}
@@ -106,21 +106,21 @@ func busyChild() error {
 			}
 		}()
 	}
-	relSay("READY")
+	proc.Say("READY")
 	release := make(chan struct{})
 	held := make(chan error, 1)
-	in := bufio.NewScanner(os.Stdin)
-	for in.Scan() {
+	for {
+		line := proc.Command()
 		select {
 		case err := <-errc:
 			return err
 		default:
 		}
-		f := strings.Fields(in.Text())
+		f := strings.Fields(line)
 		switch {
 		case len(f) == 3 && f[0] == "race":
 			n, _ := strconv.Atoi(f[2])
-			relSay("RACING")
+			proc.Say("RACING")
 			var wg sync.WaitGroup
 			for w := 0; w < 4; w++ {
 				wg.Add(1)
@@ -133,19 +133,19 @@ func busyChild() error {
 							errc <- err
 							return
 						}
-						relSay("RACE " + id + " " + kind)
+						proc.Say("RACE " + id + " " + kind)
 					}
 				}()
 			}
 			wg.Wait()
-			relSay("RACED")
+			proc.Say("RACED")
 		case len(f) == 1 && f[0] == "hold":
 			go func() {
 				held <- r.Transaction(ctx, func(tx *gorm.DB) error {
-					if err := r.WithTx(tx).StoreMeta(ctx, "held", relSample("held", metastorage.StateHold, 1)); err != nil {
+					if err := r.WithTx(tx).StoreMeta(ctx, "held", fixture.Sample("held", metastorage.StateHold, 1)); err != nil {
 						return err
 					}
-					relSay("HOLD")
+					proc.Say("HOLD")
 					<-release
 					return nil
 				})
@@ -155,7 +155,7 @@ func busyChild() error {
 			if err := <-held; err != nil {
 				return err
 			}
-			relSay("RELEASED")
+			proc.Say("RELEASED")
 		case len(f) == 1 && f[0] == "quit":
 			stop.Store(true)
 			load.Wait()
@@ -167,37 +167,29 @@ func busyChild() error {
 			if err := r.Close(); err != nil {
 				return err
 			}
-			relSay("BYE")
+			proc.Say("BYE")
 			return nil
 		default:
-			return fmt.Errorf("unknown command %q", in.Text())
+			return fmt.Errorf("unknown command %q", line)
 		}
 	}
-	return in.Err()
-}
-
-// busyTell sends the child a command.
-func (c *relChild) busyTell(t *testing.T, cmd string) {
-	t.Helper()
-	_, err := c.stdin.Write([]byte(cmd + "\n"))
-	require.NoError(t, err)
 }
 
 // busyRace stores n messages in incoming and lets both processes claim
 // each of them with MoveToState at once: exactly one claim may win, and
 // the state must say so.
-func busyRace(t *testing.T, parent *sqlitemeta.Repository, c *relChild, prefix string, n int) map[string]int {
+func busyRace(t *testing.T, parent *sqlitemeta.Repository, c *proc.Child, prefix string, n int) map[string]int {
 	t.Helper()
 	ctx := context.Background()
 	var batch []metastorage.MessageMetadata
 	for i := 0; i < n; i++ {
-		md := relSample(fmt.Sprintf("%s-%d", prefix, i), metastorage.StateIncoming, i)
+		md := fixture.Sample(fmt.Sprintf("%s-%d", prefix, i), metastorage.StateIncoming, i)
 		batch = append(batch, md)
 	}
 	require.NoError(t, parent.StoreMetaBatch(ctx, batch))
 
-	c.busyTell(t, fmt.Sprintf("race %s %d", prefix, n))
-	c.waitLine(t, "RACING")
+	c.Tell(t, fmt.Sprintf("race %s %d", prefix, n))
+	c.WaitLine(t, "RACING")
 	var mu sync.Mutex
 	parentKind := map[string]string{}
 	var wg sync.WaitGroup
@@ -223,15 +215,13 @@ func busyRace(t *testing.T, parent *sqlitemeta.Repository, c *relChild, prefix s
 	if p := bad.Load(); p != nil {
 		require.NoError(t, *p)
 	}
-	c.waitLine(t, "RACED")
+	c.WaitLine(t, "RACED")
 	childKind := map[string]string{}
-	c.mu.Lock()
-	for _, l := range c.lines {
+	for _, l := range c.Lines() {
 		if f := strings.Fields(l); len(f) == 3 && f[0] == "RACE" && strings.HasPrefix(f[1], prefix+"-") {
 			childKind[f[1]] = f[2]
 		}
 	}
-	c.mu.Unlock()
 
 	stats := map[string]int{}
 	for _, md := range batch {
@@ -281,7 +271,7 @@ func busyLoad(t *testing.T, r *sqlitemeta.Repository) (stop func() map[string]in
 			defer wg.Done()
 			for i := 0; !halt.Load(); i++ {
 				id := fmt.Sprintf("parent-load-%d-%d", g, i)
-				kind, err := busyKind(r.StoreMeta(ctx, id, relSample(id, metastorage.StateIncoming, i)))
+				kind, err := busyKind(r.StoreMeta(ctx, id, fixture.Sample(id, metastorage.StateIncoming, i)))
 				mu.Lock()
 				if err != nil {
 					errs = append(errs, err)
@@ -312,28 +302,28 @@ func TestBusyShortTimeout(t *testing.T) {
 	const timeout = 200 * time.Millisecond
 	ctx := context.Background()
 	path := testdb.SQLitePath(t)
-	parent := relOpen(t, path, sqlitemeta.WithBusyTimeout(int(timeout/time.Millisecond)))
-	c := relStartChild(t, "busy", relEnvDB+"="+path)
-	c.waitLine(t, "READY")
+	parent := openFile(t, path, sqlitemeta.WithBusyTimeout(int(timeout/time.Millisecond)))
+	c := proc.Start(t, "busy child", roleBusy, map[string]string{paramDB: path})
+	c.WaitLine(t, "READY")
 	stopLoad := busyLoad(t, parent)
 
 	race := busyRace(t, parent, c, "race", 200)
 
-	require.NoError(t, parent.StoreMeta(ctx, "readable", relSample("readable", metastorage.StateDeferred, 1)))
-	c.busyTell(t, "hold")
-	c.waitLine(t, "HOLD")
+	require.NoError(t, parent.StoreMeta(ctx, "readable", fixture.Sample("readable", metastorage.StateDeferred, 1)))
+	c.Tell(t, "hold")
+	c.WaitLine(t, "HOLD")
 	for _, op := range []struct {
 		name string
 		call func() error
 	}{
 		{"StoreMeta", func() error {
-			return parent.StoreMeta(ctx, "blocked", relSample("blocked", metastorage.StateIncoming, 2))
+			return parent.StoreMeta(ctx, "blocked", fixture.Sample("blocked", metastorage.StateIncoming, 2))
 		}},
 		{"MoveToState", func() error {
 			return parent.MoveToState(ctx, "readable", metastorage.StateDeferred, metastorage.StateActive)
 		}},
 		{"StoreMetaBatch", func() error {
-			return parent.StoreMetaBatch(ctx, []metastorage.MessageMetadata{relSample("blocked-2", metastorage.StateIncoming, 3)})
+			return parent.StoreMetaBatch(ctx, []metastorage.MessageMetadata{fixture.Sample("blocked-2", metastorage.StateIncoming, 3)})
 		}},
 	} {
 		start := time.Now()
@@ -358,7 +348,7 @@ func TestBusyShortTimeout(t *testing.T) {
 	require.NoError(t, err)
 	defer viaApp.Close()
 	start := time.Now()
-	err = viaApp.StoreMeta(ctx, "blocked-app", relSample("blocked-app", metastorage.StateIncoming, 4))
+	err = viaApp.StoreMeta(ctx, "blocked-app", fixture.Sample("blocked-app", metastorage.StateIncoming, 4))
 	waited := time.Since(start)
 	require.ErrorIs(t, err, sqlitemeta.ErrBusy)
 	var ge *gosqlite.Error
@@ -376,19 +366,19 @@ func TestBusyShortTimeout(t *testing.T) {
 	_, err = parent.GetMeta(ctx, "held")
 	require.ErrorIs(t, err, metastorage.ErrMessageNotFound)
 
-	c.busyTell(t, "release")
-	c.waitLine(t, "RELEASED")
-	require.NoError(t, parent.StoreMeta(ctx, "blocked", relSample("blocked", metastorage.StateIncoming, 2)))
+	c.Tell(t, "release")
+	c.WaitLine(t, "RELEASED")
+	require.NoError(t, parent.StoreMeta(ctx, "blocked", fixture.Sample("blocked", metastorage.StateIncoming, 2)))
 	require.NoError(t, parent.MoveToState(ctx, "readable", metastorage.StateDeferred, metastorage.StateActive))
 	_, err = parent.GetMeta(ctx, "held")
 	require.NoError(t, err)
 
 	load := stopLoad()
-	c.busyTell(t, "quit")
-	c.waitLine(t, "BYE")
-	c.finish(t)
-	relRequireCounts(t, parent)
-	relRequireIntegrity(t, parent.DB())
+	c.Tell(t, "quit")
+	c.WaitLine(t, "BYE")
+	c.Finish(t)
+	fixture.RequireCounts(t, parent)
+	fixture.RequireIntegrity(t, parent.DB())
 	t.Logf("race: %v; parent load outcomes: %v", race, load)
 }
 
@@ -399,18 +389,20 @@ func TestBusyDefaultTimeout(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
 	path := testdb.SQLitePath(t)
-	parent := relOpen(t, path)
-	c := relStartChild(t, "busy", relEnvDB+"="+path)
-	c.waitLine(t, "READY")
+	parent := openFile(t, path)
+	c := proc.Start(t, "busy child", roleBusy, map[string]string{paramDB: path})
+	c.WaitLine(t, "READY")
 	stopLoad := busyLoad(t, parent)
 
 	race := busyRace(t, parent, c, "race", 200)
 	require.Zero(t, race["busy"], "no ErrBusy within the default timeout")
 
-	c.busyTell(t, "hold")
-	c.waitLine(t, "HOLD")
+	c.Tell(t, "hold")
+	c.WaitLine(t, "HOLD")
 	done := make(chan error, 1)
-	go func() { done <- parent.StoreMeta(ctx, "waited", relSample("waited", metastorage.StateIncoming, 1)) }()
+	go func() {
+		done <- parent.StoreMeta(ctx, "waited", fixture.Sample("waited", metastorage.StateIncoming, 1))
+	}()
 	// The write cannot finish while the child holds the lock.
 	time.Sleep(150 * time.Millisecond)
 	select {
@@ -418,14 +410,14 @@ func TestBusyDefaultTimeout(t *testing.T) {
 		t.Fatalf("a write finished while another process held the write lock: %v", err)
 	default:
 	}
-	c.busyTell(t, "release")
+	c.Tell(t, "release")
 	select {
 	case err := <-done:
 		require.NoError(t, err)
-	case <-time.After(relWait):
+	case <-time.After(fixture.Wait):
 		t.Fatal("the waiting write did not finish after the lock was released")
 	}
-	c.waitLine(t, "RELEASED")
+	c.WaitLine(t, "RELEASED")
 	for _, id := range []string{"waited", "held"} {
 		_, err := parent.GetMeta(ctx, id)
 		require.NoError(t, err, id)
@@ -433,10 +425,10 @@ func TestBusyDefaultTimeout(t *testing.T) {
 
 	load := stopLoad()
 	require.Zero(t, load["busy"], "no ErrBusy within the default timeout")
-	c.busyTell(t, "quit")
-	c.waitLine(t, "BYE")
-	c.finish(t)
-	relRequireCounts(t, parent)
-	relRequireIntegrity(t, parent.DB())
+	c.Tell(t, "quit")
+	c.WaitLine(t, "BYE")
+	c.Finish(t)
+	fixture.RequireCounts(t, parent)
+	fixture.RequireIntegrity(t, parent.DB())
 	t.Logf("race: %v; parent load outcomes: %v", race, load)
 }

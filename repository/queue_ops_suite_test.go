@@ -1,4 +1,4 @@
-package metatest
+package repository_test
 
 import (
 	"context"
@@ -16,12 +16,12 @@ import (
 	"schneider.vip/retryspool/storage/meta/sqlite/repository"
 )
 
-// RunQueueOps checks the queue operations beyond the contract (Stats,
+// runQueueOps checks the queue operations beyond the contract (Stats,
 // RequeueStale, Purge, BulkMove) on repositories made by newRepo, which
 // must return an empty repository of its own for every call. Subtests run
 // in parallel. Hooks are checked on a second repository over the same
 // database and table, built with repository.New and the hooks under test.
-func RunQueueOps(t *testing.T, newRepo func(t *testing.T) *repository.Repository) {
+func runQueueOps(t *testing.T, newRepo func(t *testing.T) *repository.Repository) {
 	t.Helper()
 	open := func(t *testing.T) *repository.Repository {
 		t.Helper()
