@@ -52,8 +52,9 @@ type groupWriter struct {
 	stopped chan struct{}   // closed by the loop when it has ended
 	once    sync.Once
 
-	ckpt *checkpointer // nil: SQLite checkpoints inside commits
-	tel  *telemetry.T
+	ckpt     *checkpointer // nil: SQLite checkpoints inside commits
+	tel      *telemetry.T
+	closeErr error // of the first close
 }
 
 // The states of a writeReq.
@@ -429,13 +430,15 @@ func (w *groupWriter) closedOr(err error) error {
 // still queued with ErrBackendClosed; it gives back the connection it
 // owns.
 func (w *groupWriter) close() error {
-	w.once.Do(func() { close(w.stop) })
-	<-w.stopped
-	w.ckpt.close()
-	if w.own != nil {
-		return w.own.Close()
-	}
-	return nil
+	w.once.Do(func() {
+		close(w.stop)
+		<-w.stopped
+		w.ckpt.close()
+		if w.own != nil {
+			w.closeErr = w.own.Close()
+		}
+	})
+	return w.closeErr
 }
 
 // txConn is the writer's connection inside its transaction, as GORM sees
