@@ -147,6 +147,14 @@ type PurgeOptions struct {
 	// Progress, when set, is called after each committed batch with the
 	// number of messages purged so far.
 	Progress func(done int64)
+	// OnPurged, when set, is called after each committed batch that
+	// deleted messages (not with Archive or DryRun) with the IDs of that
+	// batch, outside any transaction: the place to delete their bodies
+	// from a data store. The metadata is already gone when it runs, so a
+	// crash in between leaves bodies without metadata, never metadata
+	// without a body (spoolmeta check finds and removes such bodies). An
+	// error ends Purge, which returns it with the count so far.
+	OnPurged func(ctx context.Context, ids []string) error
 }
 
 // Purge deletes the messages of state created before olderThan (strictly),
@@ -184,6 +192,8 @@ func (r *Repository) Purge(ctx context.Context, state metastorage.QueueState, ol
 	}
 	if opts.Archive {
 		spec.apply = r.moveIDs(state, metastorage.StateArchived)
+	} else if opts.OnPurged != nil && !opts.DryRun {
+		spec.committed = opts.OnPurged
 	}
 	return r.runOp(ctx, spec)
 }
@@ -314,6 +324,9 @@ type opSpec struct {
 	// progress, when set, hears the running total after each committed
 	// batch that changed something.
 	progress func(done int64)
+	// committed, when set, gets the IDs of each committed batch that
+	// changed something, after the commit; its error ends the walk.
+	committed func(ctx context.Context, ids []string) error
 }
 
 // opRow is one row of a batch: its key in the walk, and its headers when
@@ -358,8 +371,9 @@ func (r *Repository) runOp(ctx context.Context, spec opSpec) (int64, error) {
 		var n int64
 		var next cursor
 		var full bool
+		var changed []string // the IDs the batch changed
 		batch := func(tx *gorm.DB) error {
-			n, next, full = 0, cur, false
+			n, next, full, changed = 0, cur, false, nil
 			rows, err := r.opRows(tx, spec, cur)
 			if err != nil {
 				return err
@@ -385,6 +399,7 @@ func (r *Repository) runOp(ctx context.Context, spec opSpec) (int64, error) {
 				}
 			}
 			n = int64(len(ids))
+			changed = ids
 			return nil
 		}
 		if spec.dryRun {
@@ -397,6 +412,11 @@ func (r *Repository) runOp(ctx context.Context, spec opSpec) (int64, error) {
 		}
 		total += n
 		cur = next
+		if n > 0 && spec.committed != nil {
+			if err := spec.committed(ctx, changed); err != nil {
+				return total, fmt.Errorf("%s: after the commit: %w", spec.op, err)
+			}
+		}
 		if n > 0 && spec.progress != nil && !spec.dryRun {
 			spec.progress(total)
 		}
