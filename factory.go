@@ -202,8 +202,9 @@ func openReadOnly(ctx context.Context, c config, rc repository.Config) (*Reposit
 
 // readOnlyDSN is the DSN of a read-only open (see openReadOnly).
 func readOnlyDSN(path string, c config) string {
+	// mode=ro alone makes every write fail, and unlike query_only it
+	// still lets Backup's VACUUM INTO write its copy elsewhere.
 	q := "mode=ro&_pragma=" + url.QueryEscape("busy_timeout("+strconv.Itoa(c.busyTimeout)+")") +
-		"&_pragma=" + url.QueryEscape("query_only(1)") +
 		"&_pragma=" + url.QueryEscape("cache_size(-"+strconv.Itoa(c.cacheSize)+")")
 	if _, err := os.Lstat(path + "-wal"); errors.Is(err, os.ErrNotExist) {
 		q += "&immutable=1"

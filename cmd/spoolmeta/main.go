@@ -16,6 +16,7 @@ import (
 	"os/signal"
 	"sort"
 	"strings"
+	"sync/atomic"
 	"syscall"
 
 	metastorage "schneider.vip/retryspool/storage/meta"
@@ -97,21 +98,55 @@ func commandList() string {
 // app is what the commands write to.
 type app struct {
 	stdout, stderr io.Writer
+	// json: the command line asked for JSON, so errors are JSON too.
+	json bool
 	// tty reports whether stdout is a terminal: progress bars are drawn
 	// (on stderr) only then.
 	tty bool
 }
 
+// Exit codes after a signal, as a shell reports a process killed by it.
+const (
+	exitInterrupt = 130 // 128 + SIGINT
+	exitTerminate = 143 // 128 + SIGTERM
+)
+
+// main runs the command. The first SIGINT or SIGTERM cancels it: it stops
+// at its next clean point (a batch commits or rolls back whole) and the
+// process exits with 130 (SIGINT) or 143 (SIGTERM); a second one exits at
+// once.
 func main() {
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	ctx, cancel := context.WithCancel(context.Background())
+	sigs := make(chan os.Signal, 2)
+	signal.Notify(sigs, os.Interrupt, syscall.SIGTERM)
+	var got atomic.Value
+	go func() {
+		sig := <-sigs
+		got.Store(sig)
+		cancel()
+		<-sigs
+		fmt.Fprintln(os.Stderr, "spoolmeta: interrupted again, exiting at once")
+		os.Exit(exitCodeOf(sig))
+	}()
 	code := run(ctx, os.Args[1:], os.Stdout, os.Stderr)
-	stop()
+	if sig, ok := got.Load().(os.Signal); ok {
+		fmt.Fprintf(os.Stderr, "spoolmeta: stopped by %v\n", sig)
+		code = exitCodeOf(sig)
+	}
+	cancel()
 	os.Exit(code)
+}
+
+func exitCodeOf(sig os.Signal) int {
+	if sig == syscall.SIGTERM {
+		return exitTerminate
+	}
+	return exitInterrupt
 }
 
 // run executes one command line and returns the exit code.
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
-	a := &app{stdout: stdout, stderr: stderr, tty: isTerminal(stdout)}
+	a := &app{stdout: stdout, stderr: stderr, tty: isTerminal(stdout), json: wantsJSON(args)}
 	if len(args) == 0 {
 		fmt.Fprintf(stderr, overview, commandList(), defaultDBPath, defaultTable)
 		return exitUsage
@@ -144,12 +179,43 @@ func (a *app) finish(err error) int {
 		return exitOK
 	}
 	code := exitCode(err)
+	if a.json {
+		// One JSON object on stderr, so that stdout holds only results.
+		_ = writeJSON(a.stderr, errorJSON{Error: err.Error(), Kind: exitKinds[code], ExitCode: code})
+		return code
+	}
 	fmt.Fprintf(a.stderr, "spoolmeta: %v\n", err)
 	var ue *usageError
 	if errors.As(err, &ue) && ue.cmd != "" {
 		fmt.Fprintf(a.stderr, "run 'spoolmeta help %s' for its usage\n", ue.cmd)
 	}
 	return code
+}
+
+// errorJSON is how an error is printed with --json.
+type errorJSON struct {
+	Error    string `json:"error"`
+	Kind     string `json:"kind"`
+	ExitCode int    `json:"exit_code"`
+}
+
+var exitKinds = map[int]string{
+	exitError: "error", exitUsage: "usage", exitNotFound: "not_found", exitConflict: "state_conflict",
+}
+
+// wantsJSON reports whether the command line has --json (before a lone
+// "--"), whatever its other flags: errors found while parsing them are
+// then JSON too.
+func wantsJSON(args []string) bool {
+	for _, arg := range args {
+		switch arg {
+		case "--":
+			return false
+		case "-json", "--json", "-json=true", "--json=true", "-json=1", "--json=1":
+			return true
+		}
+	}
+	return false
 }
 
 // errNotFound marks a database, table or copy source that does not exist.
@@ -198,7 +264,7 @@ func isTerminal(w io.Writer) bool {
 func (a *app) newFlags(c *command) (*flag.FlagSet, *connFlags) {
 	fs := flag.NewFlagSet(c.name, flag.ContinueOnError)
 	fs.SetOutput(io.Discard)
-	cf := &connFlags{}
+	cf := &connFlags{fs: fs}
 	fs.StringVar(&cf.db, "db", defaultDBPath, "SQLite `file`")
 	fs.StringVar(&cf.dsn, "dsn", "", "PostgreSQL or MySQL/MariaDB `DSN` instead of a SQLite file")
 	fs.StringVar(&cf.table, "table", defaultTable, "message `table`")

@@ -374,7 +374,7 @@ func TestListAndShow(t *testing.T) {
 	require.NotNil(t, l.Messages, "an empty page is [], not null")
 
 	out := ok(t, "list", "deferred", "--db", db, "--limit", "2")
-	require.Contains(t, out, "LAST ERROR")
+	require.Contains(t, out, "LAST_ERROR")
 	require.Contains(t, out, "451 try again later")
 	require.Contains(t, out, "2/5")
 	require.Contains(t, out, "next page: --offset 2")
@@ -559,7 +559,7 @@ func TestBench(t *testing.T) {
 
 	text := ok(t, "bench", "--messages", "30", "--workers", "2")
 	require.Contains(t, text, "sqlite, 30 messages, 2 workers")
-	require.Contains(t, text, "ops/s")
+	require.Contains(t, text, "ops_per_s")
 }
 
 // TestServers runs the commands against PostgreSQL and MySQL/MariaDB.
