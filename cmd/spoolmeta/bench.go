@@ -189,8 +189,8 @@ func runBench(ctx context.Context, a *app, args []string) error {
 // benchLegend explains the columns under the table.
 const benchLegend = `
 ops_per_s        operations per second of the library
-p50, p99         median and 99th-percentile latency of one operation; retry-due: of one
-                 claim of 100 due messages; queue-e2e: from enqueue to the handler's end
+p50, p99         median and 99th-percentile latency of one operation
+                 (retry-due: one claim of 100 due messages; queue-e2e: enqueue to handler end)
 floor_ops_per_s  the same phase on the floor: plain database/sql, same schema, indexes,
                  triggers and pragmas, one statement per transaction, no group commit
 ratio            ops_per_s / floor_ops_per_s: above 1x the library is faster

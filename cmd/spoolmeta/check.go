@@ -27,6 +27,8 @@ var cmdCheck = &command{
     without a body. Bodies and messages younger than --min-age are left
     out: a message being enqueued has its body before its metadata. Files
     that are not bodies of the store are listed and never touched.
+    Messages in hold without a body are listed, not counted as problems:
+    that is where --fix puts them, for an operator to decide on.
 
 --fix repairs what it found: recounts the counters, moves messages with
 an invalid state or without a body to hold (where an operator looks at
@@ -55,8 +57,11 @@ type dataJSON struct {
 	Bodies         int              `json:"bodies"`
 	OrphanedBodies []string         `json:"bodies_without_metadata"`
 	MissingBodies  []messageRefJSON `json:"messages_without_body"`
-	OtherFiles     []string         `json:"other_files"`
-	SkippedYoung   int              `json:"skipped_younger_than_min_age"`
+	// HeldWithoutBody are messages in hold without a body: where --fix
+	// puts them, for an operator to decide; not counted as problems.
+	HeldWithoutBody []string `json:"held_without_body"`
+	OtherFiles      []string `json:"other_files"`
+	SkippedYoung    int      `json:"skipped_younger_than_min_age"`
 }
 
 type fixedJSON struct {
@@ -253,7 +258,7 @@ func groupCount(q *gorm.DB, into map[int]int64) error {
 // checkBodies compares the metadata with the bodies, leaving out what
 // changed after cutoff. It returns the messages without a body.
 func checkBodies(ctx context.Context, s *store, d *bodyStore, cutoff time.Time, rep *checkJSON) ([]metastorage.MessageMetadata, error) {
-	dj := &dataJSON{Dir: d.dir, OrphanedBodies: []string{}, MissingBodies: []messageRefJSON{}, OtherFiles: []string{}}
+	dj := &dataJSON{Dir: d.dir, OrphanedBodies: []string{}, MissingBodies: []messageRefJSON{}, OtherFiles: []string{}, HeldWithoutBody: []string{}}
 	rep.Data = dj
 	found := map[string]time.Time{}
 	err := d.walk(ctx, func(b body) error {
@@ -286,6 +291,10 @@ func checkBodies(ctx context.Context, s *store, d *bodyStore, cutoff time.Time, 
 			dj.SkippedYoung++
 			continue
 		}
+		if metastorage.QueueState(st) == metastorage.StateHold {
+			dj.HeldWithoutBody = append(dj.HeldWithoutBody, string(id))
+			continue
+		}
 		missing = append(missing, metastorage.MessageMetadata{ID: string(id), State: metastorage.QueueState(st)})
 		dj.MissingBodies = append(dj.MissingBodies, messageRefJSON{ID: string(id), State: metastorage.QueueState(st).String()})
 	}
@@ -312,12 +321,7 @@ func checkFix(ctx context.Context, s *store, d *bodyStore, invalid []messageRefJ
 	rep.Fixed = f
 	if rep.DryRun {
 		f.CountersRecounted = len(rep.Counters) > 0
-		f.MovedToHold = int64(len(invalid))
-		for _, m := range missing {
-			if m.State != metastorage.StateHold {
-				f.MovedToHold++
-			}
-		}
+		f.MovedToHold = int64(len(invalid) + len(missing))
 		if rep.Data != nil {
 			f.BodiesDeleted = int64(len(rep.Data.OrphanedBodies))
 		}
@@ -349,9 +353,6 @@ func checkFix(ctx context.Context, s *store, d *bodyStore, invalid []messageRefJ
 			continue
 		}
 		fixed++
-		if m.State == metastorage.StateHold {
-			continue // already where it should be; reported only
-		}
 		err := s.r.MoveToState(ctx, m.ID, m.State, metastorage.StateHold)
 		switch {
 		case errors.Is(err, metastorage.ErrStateConflict), errors.Is(err, metastorage.ErrMessageNotFound):
@@ -433,6 +434,9 @@ func printCheck(a *app, rep *checkJSON) {
 		}
 		for _, m := range d.MissingBodies {
 			fmt.Fprintf(w, "  message without a body   %s (%s)\n", fmtID(m.ID), m.State)
+		}
+		for _, id := range d.HeldWithoutBody {
+			fmt.Fprintf(w, "  held, without a body     %s (not a problem: decide, then 'spoolmeta purge' or 'move')\n", fmtID(id))
 		}
 		for _, p := range d.OtherFiles {
 			fmt.Fprintf(w, "  other file (left alone)  %s\n", p)

@@ -109,7 +109,7 @@ func init() {
 
 // withStore opens the store of cf, runs fn and closes the store.
 func withStore(ctx context.Context, c *command, cf *connFlags, acc access, fn func(s *store) error) error {
-	s, err := openStore(ctx, c.name, cf, acc)
+	s, err := openStoreCtx(ctx, c.name, cf, acc)
 	if err != nil {
 		return err
 	}
@@ -118,6 +118,33 @@ func withStore(ctx context.Context, c *command, cf *connFlags, acc access, fn fu
 		err = fmt.Errorf("close: %w", cerr)
 	}
 	return err
+}
+
+// openStoreCtx is openStore that returns when ctx ends (an interrupt)
+// even while the open waits for another process's lock, which the SQLite
+// driver does without a context. Nothing has been written then; the open
+// in flight is closed when it completes.
+func openStoreCtx(ctx context.Context, cmd string, cf *connFlags, acc access) (*store, error) {
+	type opened struct {
+		s   *store
+		err error
+	}
+	ch := make(chan opened, 1)
+	go func() {
+		s, err := openStore(ctx, cmd, cf, acc)
+		ch <- opened{s, err}
+	}()
+	select {
+	case o := <-ch:
+		return o.s, o.err
+	case <-ctx.Done():
+		go func() {
+			if o := <-ch; o.s != nil {
+				_ = o.s.close()
+			}
+		}()
+		return nil, fmt.Errorf("open: %w", ctx.Err())
+	}
 }
 
 type stateStatsJSON struct {

@@ -33,7 +33,7 @@ func runDrop(ctx context.Context, a *app, args []string) error {
 	if !*yes {
 		return usagef(c.name, "drop removes table %q and every message in it; give --yes to do it", cf.table)
 	}
-	s, err := openStore(ctx, c.name, cf, readWrite)
+	s, err := openStoreCtx(ctx, c.name, cf, readWrite)
 	if err != nil {
 		return err
 	}
