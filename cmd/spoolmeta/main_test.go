@@ -33,6 +33,10 @@ func TestMain(m *testing.M) {
 	}
 	binary = filepath.Join(dir, "spoolmeta")
 	out, err := exec.Command("go", "build", "-o", binary, ".").CombinedOutput()
+	if other := os.Getenv("SPOOLMETA_TEST_BINARY"); other != "" && err == nil {
+		// Run the tests against another build, e.g. an earlier version.
+		out, err = exec.Command("cp", other, binary).CombinedOutput()
+	}
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "build spoolmeta: %v\n%s", err, out)
 		os.RemoveAll(dir)
