@@ -7,6 +7,7 @@ import (
 	"go.uber.org/goleak"
 
 	"schneider.vip/retryspool/storage/meta/sqlite/internal/proc"
+	"schneider.vip/retryspool/storage/meta/sqlite/internal/testnotice"
 )
 
 // TestMain checks that no test leaves a goroutine behind. Started as a
@@ -16,5 +17,6 @@ func TestMain(m *testing.M) {
 	if role := proc.Role(); role != "" {
 		os.Exit(runChild(role))
 	}
+	testnotice.Print() // which server tests were skipped, once per go test run
 	goleak.VerifyTestMain(m)
 }

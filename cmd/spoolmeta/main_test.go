@@ -20,6 +20,7 @@ import (
 
 	sqlitemeta "schneider.vip/retryspool/storage/meta/sqlite"
 	"schneider.vip/retryspool/storage/meta/sqlite/internal/testdb"
+	"schneider.vip/retryspool/storage/meta/sqlite/internal/testnotice"
 )
 
 // binary is the spoolmeta built once for all tests.
@@ -43,6 +44,7 @@ func TestMain(m *testing.M) {
 		os.Exit(1)
 	}
 	code := m.Run()
+	testnotice.Print()
 	os.RemoveAll(dir)
 	os.Exit(code)
 }
