@@ -21,6 +21,7 @@ import (
 	metastorage "schneider.vip/retryspool/storage/meta"
 
 	"schneider.vip/retryspool/storage/meta/sqlite/internal/sqlitedriver"
+	"schneider.vip/retryspool/storage/meta/sqlite/model"
 	"schneider.vip/retryspool/storage/meta/sqlite/repository"
 )
 
@@ -428,6 +429,13 @@ func inspect(ctx context.Context, db *gorm.DB, path string, c config) error {
 		return err
 	}
 	if c.readOnly {
+		// A table the migration would create, upgrade or repair cannot be
+		// read as it is: its schema record must say it is current.
+		var version int
+		err := db.Raw("SELECT version FROM "+model.SchemaTableName+" WHERE table_name = ?", c.tableName).Row().Scan(&version)
+		if err != nil || version != repository.SchemaVersion {
+			return fmt.Errorf("table %q %w in %s with the current schema (a read-only open cannot create or upgrade it)", c.tableName, errNoTable, path)
+		}
 		for _, t := range []string{c.tableName, c.tableName + "_counts"} {
 			var n int64
 			if err := db.Raw("SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name = ?", t).Row().Scan(&n); err != nil {
