@@ -48,8 +48,13 @@ Database flags, accepted by every command but bench (see "spoolmeta help bench")
   --dsn DSN      a server instead of a file, told apart by its form:
                    PostgreSQL:     postgres://user@host:5432/db or "host=... user=... dbname=..."
                    MySQL/MariaDB:  user:password@tcp(host:3306)/db or mysql://user@host:3306/db
+                 (--db and --dsn together is a usage error)
   --table NAME   message table (default %s)
-  --json         print JSON for scripts instead of tables
+  --json         print JSON for scripts instead of tables; errors too, on stderr
+
+stats, list, show, backup, check, and purge and requeue-stale with --dry-run
+open a SQLite file read-only: they need no write access to it or its
+directory, and leave no file behind.
 
 States: incoming, active, deferred, hold, bounce, archived.
 Flags may come before or after the arguments; both -flag and --flag work.
@@ -60,6 +65,8 @@ Exit codes:
   2  usage error: unknown command or flag, bad argument or combination
   3  not found: the message, database file, table or copy source does not exist
   4  state conflict: the message is not in the state the command expected
+  130  stopped by Ctrl-C (143: SIGTERM) after the batch in flight committed or
+       rolled back; a second Ctrl-C exits at once
 `
 
 // command is one subcommand.
@@ -334,5 +341,5 @@ func (a *app) printUsage(w io.Writer, c *command, fs *flag.FlagSet) {
 		}
 		fmt.Fprintf(w, "  %-22s %s%s\n", left, usage, def)
 	}
-	fmt.Fprintf(w, "\nExit codes: 0 ok, 1 error, 2 usage error, 3 not found, 4 state conflict.\n")
+	fmt.Fprintf(w, "\nExit codes: 0 ok, 1 error, 2 usage error, 3 not found, 4 state conflict, 130 interrupted.\n")
 }
