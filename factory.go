@@ -21,6 +21,7 @@ import (
 	metastorage "schneider.vip/retryspool/storage/meta"
 
 	"schneider.vip/retryspool/storage/meta/sqlite/internal/sqlitedriver"
+	"schneider.vip/retryspool/storage/meta/sqlite/internal/wiring"
 	"schneider.vip/retryspool/storage/meta/sqlite/model"
 	"schneider.vip/retryspool/storage/meta/sqlite/repository"
 )
@@ -41,6 +42,8 @@ var (
 	ErrForeignTable   = repository.ErrForeignTable
 	ErrIteratorClosed = repository.ErrIteratorClosed
 	ErrCopyMismatch   = repository.ErrCopyMismatch
+	ErrReadOnly       = repository.ErrReadOnly
+	ErrReentrantCall  = repository.ErrReentrantCall
 
 	// ErrNotDatabase reports a database path whose file is not a SQLite
 	// database, or is truncated or corrupt. The file is left untouched.
@@ -89,7 +92,7 @@ func (f *Factory) Open(ctx context.Context) (*Repository, error) {
 	if err := c.validate(); err != nil {
 		return nil, fmt.Errorf("sqlite-meta: %w", err)
 	}
-	rc := repository.Config{TableName: c.tableName, Hooks: c.hooks, MaxGroupCommit: c.maxGroupCommit}
+	rc := repository.Config{TableName: c.tableName, Hooks: c.hooks}
 	if c.db != nil {
 		r, err := repository.New(ctx, c.db, rc)
 		if err != nil {
@@ -139,6 +142,8 @@ func openFile(ctx context.Context, c config, rc repository.Config) (*Repository,
 		return nil, translateOpen(err)
 	}
 	writePool, _ := writer.DB()
+	// The repository's group writer takes this pool's one connection
+	// for its own, for the store's life.
 	writePool.SetMaxOpenConns(1)
 	writePool.SetMaxIdleConns(1)
 	writePool.SetConnMaxIdleTime(0)
@@ -158,13 +163,14 @@ func openFile(ctx context.Context, c config, rc repository.Config) (*Repository,
 	readPool.SetMaxOpenConns(c.maxConns)
 	readPool.SetMaxIdleConns(c.maxIdle)
 
-	rc.Writer = writer
-	if c.journalMode == "WAL" {
-		rc.Checkpoint = reader
+	file := &wiring.File{
+		Writer:         writePool,
+		BusyTimeout:    time.Duration(c.busyTimeout) * time.Millisecond,
+		MaxGroupCommit: c.maxGroupCommit,
+		Checkpoint:     c.journalMode == "WAL",
+		OnClose:        func() error { return errors.Join(writePool.Close(), readPool.Close()) },
 	}
-	rc.BusyTimeout = time.Duration(c.busyTimeout) * time.Millisecond
-	rc.OnClose = func() error { return errors.Join(writePool.Close(), readPool.Close()) }
-	r, err := newRepository(ctx, reader, rc, false)
+	r, err := newRepository(ctx, reader, file, rc)
 	if err != nil {
 		return nil, translateOpen(err)
 	}
@@ -193,8 +199,9 @@ func openReadOnly(ctx context.Context, c config, rc repository.Config) (*Reposit
 		pool.Close()
 		return nil, err
 	}
-	rc.OnClose = pool.Close
-	r, err := newRepository(ctx, db, rc, true)
+	// No Writer: the repository is read-only; its migration only checks
+	// and every write returns an error wrapping repository.ErrReadOnly.
+	r, err := newRepository(ctx, db, &wiring.File{OnClose: pool.Close}, rc)
 	if err != nil {
 		return nil, translateOpen(err)
 	}
@@ -213,19 +220,11 @@ func readOnlyDSN(path string, c config) string {
 	return "file:" + uriPath(path) + "?" + q
 }
 
-// newRepository is where the factory hands its database to the
-// repository: the single call site of repository.New.
-//
-// READ-ONLY HAND-OVER: until repository.Config has a read-only mode (whose
-// migration only checks and whose writes return ErrReadOnly), a read-only
-// open checks the schema itself (inspect, above) and skips the migration,
-// which could try to write. When that mode lands, pass readOnly to it here
-// and drop SkipMigrate.
-func newRepository(ctx context.Context, db *gorm.DB, rc repository.Config, readOnly bool) (*Repository, error) {
-	if readOnly {
-		rc.SkipMigrate = true
-	}
-	return repository.New(ctx, db, rc)
+// newRepository is where the factory hands the database it opened to the
+// repository: the single call site of repository.New for files. A file
+// without a Writer is read-only.
+func newRepository(ctx context.Context, db *gorm.DB, file *wiring.File, rc repository.Config) (*Repository, error) {
+	return repository.New(ctx, db.Set(wiring.Key, file), rc)
 }
 
 // writerAutoCheckpoint is the WAL size, in pages, at which the write
@@ -270,7 +269,7 @@ func dsn(path string, c config, writer bool) string {
 		q = append(q, "_pragma="+url.QueryEscape("temp_store(MEMORY)"))
 		if c.journalMode == "WAL" {
 			// A background checkpointer copies the WAL back after
-			// commits (see repository.Config.Checkpoint); the writer
+			// commits (see repository/checkpoint.go); the writer
 			// checkpoints itself only when the WAL outgrows this.
 			q = append(q, "_pragma="+url.QueryEscape("wal_autocheckpoint("+strconv.Itoa(writerAutoCheckpoint)+")"))
 		}

@@ -49,8 +49,8 @@ func TestReadOnlyStoppedQueue(t *testing.T) {
 	require.EqualValues(t, 10, stats[metastorage.StateArchived].Count)
 	require.Empty(t, sidecarsOf(path), "a read-only open creates no file")
 
-	require.Error(t, r.StoreMeta(ctx, "new", message(1000)), "writes fail")
-	require.Error(t, r.MoveToState(ctx, message(0).ID, metastorage.StateIncoming, metastorage.StateActive))
+	require.ErrorIs(t, r.StoreMeta(ctx, "new", message(1000)), sqlitemeta.ErrReadOnly, "writes fail")
+	require.ErrorIs(t, r.MoveToState(ctx, message(0).ID, metastorage.StateIncoming, metastorage.StateActive), sqlitemeta.ErrReadOnly)
 	require.NoError(t, r.Close())
 	require.Equal(t, before, sha(t, path))
 	require.Empty(t, sidecarsOf(path))
@@ -77,7 +77,7 @@ func TestReadOnlyRunningQueue(t *testing.T) {
 	_, err = r.GetMeta(ctx, "late-2")
 	require.NoError(t, err, "a commit after the read-only open is seen")
 	require.EqualValues(t, 12, r.GetStateCount(metastorage.StateHold))
-	require.Error(t, r.DeleteMeta(ctx, "late-1"))
+	require.ErrorIs(t, r.DeleteMeta(ctx, "late-1"), sqlitemeta.ErrReadOnly)
 }
 
 // TestReadOnlyRefusals: a missing file, an empty one, one without the

@@ -16,7 +16,7 @@ import (
 	"github.com/glebarez/sqlite"
 	"gorm.io/gorm"
 
-	"schneider.vip/retryspool/storage/meta/sqlite/internal/workload"
+	"schneider.vip/retryspool/storage/meta/sqlite/internal/bench/workload"
 )
 
 var cmdBench = &command{
