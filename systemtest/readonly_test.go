@@ -49,7 +49,7 @@ func TestReadOnlyStoppedQueue(t *testing.T) {
 	require.EqualValues(t, 10, stats[metastorage.StateArchived].Count)
 	require.Empty(t, sidecarsOf(path), "a read-only open creates no file")
 
-	require.ErrorIs(t, r.StoreMeta(ctx, "new", message(1000)), sqlitemeta.ErrReadOnly, "writes fail")
+	require.ErrorIs(t, r.StoreMeta(ctx, message(1000).ID, message(1000)), sqlitemeta.ErrReadOnly, "writes fail")
 	require.ErrorIs(t, r.MoveToState(ctx, message(0).ID, metastorage.StateIncoming, metastorage.StateActive), sqlitemeta.ErrReadOnly)
 	require.NoError(t, r.Close())
 	require.Equal(t, before, sha(t, path))
