@@ -22,6 +22,7 @@ import (
 
 	"schneider.vip/retryspool/storage/meta/sqlite/internal/sqlitedriver"
 	"schneider.vip/retryspool/storage/meta/sqlite/internal/wiring"
+	"schneider.vip/retryspool/storage/meta/sqlite/model"
 	"schneider.vip/retryspool/storage/meta/sqlite/repository"
 )
 
@@ -117,8 +118,12 @@ func gormConfig() *gorm.Config {
 	}
 }
 
-// openFile opens a SQLite file with a read pool and one write connection.
+// openFile opens a SQLite file with a read pool and one write connection,
+// or, with WithReadOnly, with a read pool only.
 func openFile(ctx context.Context, c config, rc repository.Config) (*Repository, error) {
+	if c.readOnly {
+		return openReadOnly(ctx, c, rc)
+	}
 	path, exists, err := checkPath(c.path)
 	if err != nil {
 		return nil, err
@@ -165,11 +170,61 @@ func openFile(ctx context.Context, c config, rc repository.Config) (*Repository,
 		Checkpoint:     c.journalMode == "WAL",
 		OnClose:        func() error { return errors.Join(writePool.Close(), readPool.Close()) },
 	}
-	r, err := repository.New(ctx, reader.Set(wiring.Key, file), rc)
+	r, err := newRepository(ctx, reader, file, rc)
 	if err != nil {
 		return nil, translateOpen(err)
 	}
 	return r, nil
+}
+
+// openReadOnly opens an existing file for reading only, creating no file
+// beside it: while the -wal file exists (the queue runs, or stopped
+// without cleaning up), as a mode=ro connection, which reads the WAL
+// through the existing -shm as the sqlite3 shell does; otherwise
+// immutable, which takes no lock and needs no -shm.
+func openReadOnly(ctx context.Context, c config, rc repository.Config) (*Repository, error) {
+	path, err := checkReadablePath(c.path)
+	if err != nil {
+		return nil, err
+	}
+	dsn := readOnlyDSN(path, c)
+	db, err := gorm.Open(dialector(dsn), gormConfig())
+	if err != nil {
+		return nil, translateOpen(err)
+	}
+	pool, _ := db.DB()
+	pool.SetMaxOpenConns(c.maxConns)
+	pool.SetMaxIdleConns(c.maxIdle)
+	if err := inspect(ctx, db, path, c); err != nil {
+		pool.Close()
+		return nil, err
+	}
+	// No Writer: the repository is read-only; its migration only checks
+	// and every write returns an error wrapping repository.ErrReadOnly.
+	r, err := newRepository(ctx, db, &wiring.File{OnClose: pool.Close}, rc)
+	if err != nil {
+		return nil, translateOpen(err)
+	}
+	return r, nil
+}
+
+// readOnlyDSN is the DSN of a read-only open (see openReadOnly).
+func readOnlyDSN(path string, c config) string {
+	// mode=ro alone makes every write fail, and unlike query_only it
+	// still lets Backup's VACUUM INTO write its copy elsewhere.
+	q := "mode=ro&_pragma=" + url.QueryEscape("busy_timeout("+strconv.Itoa(c.busyTimeout)+")") +
+		"&_pragma=" + url.QueryEscape("cache_size(-"+strconv.Itoa(c.cacheSize)+")")
+	if _, err := os.Lstat(path + "-wal"); errors.Is(err, os.ErrNotExist) {
+		q += "&immutable=1"
+	}
+	return "file:" + uriPath(path) + "?" + q
+}
+
+// newRepository is where the factory hands the database it opened to the
+// repository: the single call site of repository.New for files. A file
+// without a Writer is read-only.
+func newRepository(ctx context.Context, db *gorm.DB, file *wiring.File, rc repository.Config) (*Repository, error) {
+	return repository.New(ctx, db.Set(wiring.Key, file), rc)
 }
 
 // writerAutoCheckpoint is the WAL size, in pages, at which the write
@@ -339,14 +394,86 @@ func probe(ctx context.Context, path string, c config) error {
 	if pool, err := db.DB(); err == nil {
 		defer pool.Close()
 	}
-	var check string
-	if err := db.WithContext(ctx).Raw("PRAGMA quick_check(1)").Row().Scan(&check); err != nil {
-		return translateOpen(err)
+	return inspect(ctx, db, path, c)
+}
+
+// inspect decides, reading only, whether an existing file can be used. Its
+// cost does not grow with the file: the header was checked before; here
+// the schema is read and the edges of every b-tree are walked (see
+// checkEdges). Only when that walk finds something wrong, or
+// WithIntegrityCheck asks for it, does PRAGMA quick_check read the whole
+// file; its verdict decides. In read-only mode the table must exist.
+func inspect(ctx context.Context, db *gorm.DB, path string, c config) error {
+	db = db.WithContext(ctx)
+	suspect := c.integrityCheck
+	if !suspect {
+		if err := checkEdges(ctx, db, path); err != nil {
+			var se interface{ Code() int }
+			if !errors.Is(err, errEdge) && !errors.As(err, &se) {
+				return err
+			}
+			suspect = true
+		}
 	}
-	if check != "ok" {
-		return fmt.Errorf("%w: quick_check: %s", ErrNotDatabase, check)
+	if suspect {
+		var check string
+		if err := db.Raw("PRAGMA quick_check(1)").Row().Scan(&check); err != nil {
+			return translateOpen(err)
+		}
+		if check != "ok" {
+			return fmt.Errorf("%w: quick_check: %s", ErrNotDatabase, check)
+		}
 	}
-	return translateOpen(repository.Check(ctx, db, c.tableName))
+	if err := translateOpen(repository.Check(ctx, db, c.tableName)); err != nil {
+		return err
+	}
+	if c.readOnly {
+		// A table the migration would create, upgrade or repair cannot be
+		// read as it is: its schema record must say it is current.
+		var version int
+		err := db.Raw("SELECT version FROM "+model.SchemaTableName+" WHERE table_name = ?", c.tableName).Row().Scan(&version)
+		if err != nil || version != repository.SchemaVersion {
+			return fmt.Errorf("table %q %w in %s with the current schema (a read-only open cannot create or upgrade it)", c.tableName, errNoTable, path)
+		}
+		for _, t := range []string{c.tableName, c.tableName + "_counts"} {
+			var n int64
+			if err := db.Raw("SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name = ?", t).Row().Scan(&n); err != nil {
+				return translateOpen(err)
+			}
+			if n == 0 {
+				return fmt.Errorf("table %q %w in %s (a read-only open cannot create it)", t, errNoTable, path)
+			}
+		}
+	}
+	return nil
+}
+
+// errNoTable wraps os.ErrNotExist: a read-only open of a file without the
+// table.
+var errNoTable = fmt.Errorf("does not exist: %w", os.ErrNotExist)
+
+// checkReadablePath is checkPath for a read-only open: the file must exist
+// and be a database; nothing is created and nothing needs to be writable.
+func checkReadablePath(p string) (string, error) {
+	abs, err := filepath.Abs(p)
+	if err != nil {
+		return "", fmt.Errorf("%w: %w", ErrPath, err)
+	}
+	fi, err := os.Stat(abs)
+	switch {
+	case err != nil:
+		return "", fmt.Errorf("%w: %w", ErrPath, err)
+	case fi.IsDir():
+		return "", fmt.Errorf("%w: %s is a directory", ErrPath, abs)
+	case !fi.Mode().IsRegular():
+		return "", fmt.Errorf("%w: %s is not a regular file", ErrPath, abs)
+	case fi.Size() == 0:
+		return "", fmt.Errorf("%w: %s is empty (a read-only open cannot create a database)", ErrNotDatabase, abs)
+	}
+	if err := checkHeader(abs, fi.Size()); err != nil {
+		return "", err
+	}
+	return abs, nil
 }
 
 // translateOpen names the SQLite errors that mean a damaged or unusable

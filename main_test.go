@@ -4,9 +4,12 @@ import (
 	"testing"
 
 	"go.uber.org/goleak"
+
+	"schneider.vip/retryspool/storage/meta/sqlite/internal/testnotice"
 )
 
 // TestMain checks that no test leaves a goroutine behind.
 func TestMain(m *testing.M) {
+	testnotice.Print() // which server tests were skipped, once per go test run
 	goleak.VerifyTestMain(m)
 }

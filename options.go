@@ -54,6 +54,11 @@ type config struct {
 	db             *gorm.DB
 	dbSet          bool
 	hooks          []repository.Hook
+
+	// Set by the options of opsOptions (below).
+	fileOptions    []string // the SQLite file options given, by name, for the WithDB conflict check
+	readOnly       bool
+	integrityCheck bool
 }
 
 func defaultConfig() config {
@@ -75,7 +80,9 @@ func defaultConfig() config {
 
 // WithDatabasePath sets the SQLite file. Missing parent directories are
 // created. Default "retryspool-meta.db".
-func WithDatabasePath(path string) Option { return func(c *config) { c.path = path } }
+func WithDatabasePath(path string) Option {
+	return func(c *config) { c.path = path; c.fileOption("WithDatabasePath") }
+}
 
 // WithWALMode chooses write-ahead logging (true, the default) or not.
 // WithWALMode(true) means journal mode WAL. WithWALMode(false) means
@@ -83,21 +90,28 @@ func WithDatabasePath(path string) Option { return func(c *config) { c.path = pa
 // Asking for WAL mode off and journal mode WAL at once, or WAL mode on
 // and another journal mode, is a configuration error reported by Create.
 func WithWALMode(on bool) Option {
-	return func(c *config) { c.walMode, c.walModeSet = on, true }
+	return func(c *config) { c.walMode, c.walModeSet = on, true; c.fileOption("WithWALMode") }
 }
 
 // WithBusyTimeout sets how long, in milliseconds, a connection waits for a
 // lock held by another connection or process before giving up with ErrBusy.
 // Default 30000.
-func WithBusyTimeout(ms int) Option { return func(c *config) { c.busyTimeout = ms } }
+func WithBusyTimeout(ms int) Option {
+	return func(c *config) { c.busyTimeout = ms; c.fileOption("WithBusyTimeout") }
+}
 
 // WithCacheSize sets the page cache of each connection in KiB. Default 2000.
-func WithCacheSize(kib int) Option { return func(c *config) { c.cacheSize = kib } }
+func WithCacheSize(kib int) Option {
+	return func(c *config) { c.cacheSize = kib; c.fileOption("WithCacheSize") }
+}
 
 // WithJournalMode sets the journal mode: DELETE, TRUNCATE, PERSIST, MEMORY,
 // WAL or OFF (case-insensitive). Default WAL. See WithWALMode.
 func WithJournalMode(mode string) Option {
-	return func(c *config) { c.journalMode, c.journalModeSet = strings.ToUpper(mode), true }
+	return func(c *config) {
+		c.journalMode, c.journalModeSet = strings.ToUpper(mode), true
+		c.fileOption("WithJournalMode")
+	}
 }
 
 // WithSynchronous sets how hard SQLite pushes commits to disk: OFF, NORMAL,
@@ -107,26 +121,32 @@ func WithJournalMode(mode string) Option {
 // crash may be rolled back; FULL also survives power loss, at the price of
 // an fsync per commit (shared by group-committed writers). See the README.
 func WithSynchronous(mode string) Option {
-	return func(c *config) { c.synchronous = strings.ToUpper(mode) }
+	return func(c *config) { c.synchronous = strings.ToUpper(mode); c.fileOption("WithSynchronous") }
 }
 
 // WithMaxConnections caps the pool of read connections. Writes go through
 // one more connection of their own. Default 10.
-func WithMaxConnections(n int) Option { return func(c *config) { c.maxConns = n } }
+func WithMaxConnections(n int) Option {
+	return func(c *config) { c.maxConns = n; c.fileOption("WithMaxConnections") }
+}
 
 // WithMaxIdleConns sets how many idle read connections are kept. Default 2.
-func WithMaxIdleConns(n int) Option { return func(c *config) { c.maxIdle = n } }
+func WithMaxIdleConns(n int) Option {
+	return func(c *config) { c.maxIdle = n; c.fileOption("WithMaxIdleConns") }
+}
 
 // WithForeignKeys turns SQLite's foreign key enforcement on or off on every
 // connection. Default true.
-func WithForeignKeys(on bool) Option { return func(c *config) { c.foreignKeys = on } }
+func WithForeignKeys(on bool) Option {
+	return func(c *config) { c.foreignKeys = on; c.fileOption("WithForeignKeys") }
+}
 
 // WithAutoVacuum sets the auto-vacuum mode: NONE, FULL or INCREMENTAL
 // (case-insensitive). Default INCREMENTAL. SQLite applies it only to a
 // database that has no table yet, so it takes effect for new files; an
 // existing file keeps its mode until VACUUM.
 func WithAutoVacuum(mode string) Option {
-	return func(c *config) { c.autoVacuum = strings.ToUpper(mode) }
+	return func(c *config) { c.autoVacuum = strings.ToUpper(mode); c.fileOption("WithAutoVacuum") }
 }
 
 // WithTableName sets the message table, so that several queues can share
@@ -136,11 +156,19 @@ func WithTableName(name string) Option { return func(c *config) { c.tableName = 
 
 // WithMaxGroupCommit caps how many concurrent writes share one SQLite
 // transaction and commit. 1 turns group commit off. Default 256.
-func WithMaxGroupCommit(n int) Option { return func(c *config) { c.maxGroupCommit = n } }
+func WithMaxGroupCommit(n int) Option {
+	return func(c *config) { c.maxGroupCommit = n; c.fileOption("WithMaxGroupCommit") }
+}
 
 // WithDB makes the factory use an application's own *gorm.DB (SQLite,
-// PostgreSQL or MySQL/MariaDB) instead of opening a SQLite file. The
-// SQLite file options then do not apply, and Close leaves db open.
+// PostgreSQL or MySQL/MariaDB) instead of opening a SQLite file. Close
+// leaves db open. The options that configure the file the factory opens
+// (WithDatabasePath, WithSynchronous, WithJournalMode, WithWALMode,
+// WithBusyTimeout, WithCacheSize, WithForeignKeys, WithAutoVacuum,
+// WithMaxConnections, WithMaxIdleConns, WithMaxGroupCommit, WithReadOnly,
+// WithIntegrityCheck) cannot apply to it: given together with WithDB they
+// are an ErrConfig naming them, so that nobody believes in a durability
+// setting that is not in force.
 func WithDB(db *gorm.DB) Option { return func(c *config) { c.db, c.dbSet = db, true } }
 
 // WithTransitionHook adds a hook that runs inside the transaction of every
@@ -179,7 +207,10 @@ func (c *config) validate() error {
 			bad("transition hook %d is nil", i)
 		}
 	}
-	if c.db != nil {
+	if c.dbSet {
+		if len(c.fileOptions) > 0 {
+			bad("WithDB cannot go with %s: they configure the SQLite file the factory opens, and the database handed in is configured by its opener", strings.Join(c.fileOptions, ", "))
+		}
 		return errors.Join(errs...)
 	}
 	switch {
@@ -229,4 +260,38 @@ func oneOf(s string, set []string) bool {
 		}
 	}
 	return false
+}
+
+// Options of safe operation: read-only access and the integrity check.
+// (Kept together; see opsOptions in the README.)
+
+// WithReadOnly opens the SQLite file for reading only, for an operator
+// who may read the file but not write its directory (or must not change
+// it). While another process has the database open in WAL mode (its
+// -wal and -shm files exist), the file is read as the sqlite3 shell
+// reads it then, seeing every committed write; without a -wal file it is
+// opened immutable, which needs no lock and creates no file. Every write
+// then fails. The open creates no -wal, -shm or journal file.
+func WithReadOnly() Option {
+	return func(c *config) { c.readOnly = true; c.fileOption("WithReadOnly") }
+}
+
+// WithIntegrityCheck(true) runs SQLite's PRAGMA quick_check on an
+// existing file before using it, and refuses it with ErrNotDatabase when
+// the check fails. The check reads the whole file, so it takes time in
+// proportion to its size (about a second per 300 MB); without it, the
+// open inspects only the header, the schema and the edges of every
+// b-tree, whatever the file's size. Default false.
+func WithIntegrityCheck(on bool) Option {
+	return func(c *config) { c.integrityCheck = on; c.fileOption("WithIntegrityCheck") }
+}
+
+// fileOption records that an option of the SQLite file was given.
+func (c *config) fileOption(name string) {
+	for _, n := range c.fileOptions {
+		if n == name {
+			return
+		}
+	}
+	c.fileOptions = append(c.fileOptions, name)
 }

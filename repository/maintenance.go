@@ -58,6 +58,14 @@ type PurgeOptions struct {
 	// Progress, when set, is called after each committed batch with the
 	// number of messages purged so far.
 	Progress func(done int64)
+	// OnPurged, when set, is called after each committed batch that
+	// deleted messages (not with Archive or DryRun) with the IDs of that
+	// batch, outside any transaction: the place to delete their bodies
+	// from a data store. The metadata is already gone when it runs, so a
+	// crash in between leaves bodies without metadata, never metadata
+	// without a body (spoolmeta check finds and removes such bodies). An
+	// error ends Purge, which returns it with the count so far.
+	OnPurged func(ctx context.Context, ids []string) error
 }
 
 // Purge deletes the messages of state created before olderThan (strictly),
@@ -96,6 +104,8 @@ func (r *Repository) Purge(ctx context.Context, state metastorage.QueueState, ol
 	}
 	if opts.Archive {
 		spec.apply = r.mover(state, metastorage.StateArchived)
+	} else if opts.OnPurged != nil && !opts.DryRun {
+		spec.committed = opts.OnPurged
 	}
 	return r.runOp(ctx, spec)
 }

@@ -49,7 +49,7 @@ func (r *Repository) migrate(ctx context.Context) error {
 			return r.migrateTx(tx)
 		})
 		if err == nil && r.tel != nil {
-			what := map[migration]string{migrateCreate: "created", migrateLegacy: "upgraded from the legacy schema"}[plan]
+			what := map[migration]string{migrateCreate: "created", migrateLegacy: "upgraded from the legacy schema", migrateRepair: "repaired (missing tables, triggers or counters recreated, counters recounted)"}[plan]
 			r.tel.Log(ctx, slog.LevelInfo, "schema "+what, slog.Int("version", SchemaVersion))
 		}
 	}
@@ -87,7 +87,7 @@ func (r *Repository) plan(db *gorm.DB) (migration, error) {
 		return 0, fmt.Errorf("%w: table %q has schema version %d, this library knows up to %d",
 			ErrSchemaTooNew, r.t.messages, version, SchemaVersion)
 	case version == SchemaVersion:
-		return migrateNothing, nil
+		return r.planRepair(db) // repair.go: is what the version promises there?
 	case !mig.HasTable(r.t.messages):
 		return migrateCreate, nil
 	}
@@ -147,6 +147,9 @@ func (r *Repository) migrateTx(tx *gorm.DB) error {
 	}
 	if plan == migrateNothing {
 		return nil
+	}
+	if plan == migrateRepair {
+		return r.repair(tx)
 	}
 	if !tx.Migrator().HasTable(model.SchemaTableName) {
 		if err := r.ddl(tx).AutoMigrate(&model.SchemaVersion{}); err != nil {
@@ -278,8 +281,17 @@ func (r *Repository) upgradeLegacy(tx *gorm.DB) error {
 }
 
 // Drop removes a queue's tables, triggers and schema record from db: the
-// inverse of the migration, for tests and for retiring a queue. It does not
-// touch other queues' tables.
+// inverse of the migration, for tests and for retiring a queue. Every
+// message of the queue is gone afterwards (the bodies in a data store are
+// not touched). It removes the count triggers (on PostgreSQL also their
+// function), the message table <tableName>, the counter table
+// <tableName>_counts and the table's row in retryspool_schema, and
+// nothing else: other queues' tables, and retryspool_schema itself, stay.
+// Stop every process using the queue first; a repository still open on it
+// fails its next calls, and the next open creates the tables anew. The
+// statements run one after another, not in one transaction: after an
+// error, run Drop again (each step skips what is already gone). The
+// command "spoolmeta drop --yes" calls it.
 func Drop(ctx context.Context, db *gorm.DB, tableName string) error {
 	if err := CheckTableName(tableName); err != nil {
 		return err

@@ -28,6 +28,9 @@ type opSpec struct {
 	// progress, when set, hears the running total after each committed
 	// batch that changed something.
 	progress func(done int64)
+	// committed, when set, gets the IDs of each committed batch that
+	// changed something, after the commit; its error ends the walk.
+	committed func(ctx context.Context, ids []string) error
 }
 
 // opRow is one row of a batch: its key in the walk, and its headers when
@@ -74,8 +77,9 @@ func (r *Repository) runOp(ctx context.Context, spec opSpec) (total int64, err e
 		var n int64
 		var next cursor
 		var full bool
+		var changed []string // the IDs the batch changed
 		batch := func(c conn) error {
-			n, next, full = 0, cur, false
+			n, next, full, changed = 0, cur, false, nil
 			rows, err := r.opRows(c, spec, cur)
 			if err != nil || len(rows) == 0 {
 				return err
@@ -98,6 +102,7 @@ func (r *Repository) runOp(ctx context.Context, spec opSpec) (total int64, err e
 				}
 			}
 			n = int64(len(ids))
+			changed = ids
 			return nil
 		}
 		if spec.dryRun {
@@ -110,6 +115,11 @@ func (r *Repository) runOp(ctx context.Context, spec opSpec) (total int64, err e
 		}
 		total += n
 		cur = next
+		if n > 0 && spec.committed != nil {
+			if err := spec.committed(ctx, changed); err != nil {
+				return total, fmt.Errorf("%s: after the commit: %w", spec.op, err)
+			}
+		}
 		if n > 0 && spec.progress != nil && !spec.dryRun {
 			spec.progress(total)
 		}

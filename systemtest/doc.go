@@ -11,7 +11,12 @@
 //   - the upgrade of the legacy schema (legacy_test.go);
 //   - the real RetrySpool queue end to end on every engine (e2e_test.go);
 //   - Close under load (close_test.go) and Backup while writing
-//     (backup_test.go).
+//     (backup_test.go);
+//   - the open: its cost whatever the file's size (opentime_test.go,
+//     BenchmarkOpen), damage found at the edges of the b-trees and by the
+//     integrity check on demand (opencheck_test.go), a schema damaged by
+//     hand and repaired (repair_test.go), read-only access
+//     (readonly_test.go), Purge's OnPurged (purge_test.go).
 //
 // The child processes are the test binary itself, run by the harness of
 // internal/testkit/proc; TestMain hands a child to its role. The package

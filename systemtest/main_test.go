@@ -10,6 +10,7 @@ import (
 
 	sqlitemeta "schneider.vip/retryspool/storage/meta/sqlite"
 	"schneider.vip/retryspool/storage/meta/sqlite/internal/testkit/proc"
+	"schneider.vip/retryspool/storage/meta/sqlite/internal/testnotice"
 )
 
 // Roles of the child processes.
@@ -34,6 +35,7 @@ func TestMain(m *testing.M) {
 			roleClaim:   func() error { return raceChild(roleClaim) },
 		}))
 	}
+	testnotice.Print() // which server tests were skipped, once per go test run
 	goleak.VerifyTestMain(m)
 }
 

@@ -2,11 +2,19 @@ package main
 
 import (
 	"context"
+	"errors"
 	"flag"
 	"fmt"
 	"io"
+	"os"
+	"path/filepath"
 	"sort"
+	"strconv"
 	"strings"
+	"time"
+
+	"github.com/glebarez/sqlite"
+	"gorm.io/gorm"
 
 	"schneider.vip/retryspool/storage/meta/sqlite/internal/bench/workload"
 )
@@ -19,9 +27,20 @@ var cmdBench = &command{
 baseline in the same run, and prints ops/s, p50 and p99 per phase. --queue
 also runs messages through the real RetrySpool queue.
 
-By default it uses a temporary SQLite file, removed afterwards; --path
-chooses the file. With --dsn it runs on PostgreSQL or MySQL/MariaDB, in
-tables of its own. It never touches --db.`,
+By default it uses a temporary SQLite file, removed afterwards. --path
+chooses the file: it must be new or empty, or a file an earlier bench made
+(which is then made anew); any other file, such as a live queue's, is
+refused with exit code 2 and left untouched, since bench writes test
+messages and moves messages between states. With --dsn it runs on
+PostgreSQL or MySQL/MariaDB, in tables of its own. It never touches --db.
+
+Columns: ops is the operations of the phase; ops_per_s the library's rate;
+p50 and p99 the median and 99th-percentile latency of one operation
+(retry-due: of one claim of 100 due messages; queue-e2e: from enqueue to
+the handler's completion); floor_ops_per_s the rate of the floor, a plain
+database/sql store with the same schema, indexes, count triggers and
+pragmas, one statement per transaction; ratio the library's rate divided
+by the floor's (above 1x the library is faster).`,
 }
 
 func init() { cmdBench.run = runBench }
@@ -103,6 +122,11 @@ func runBench(ctx context.Context, a *app, args []string) error {
 		return usagef(c.name, "unknown --synchronous %q (want OFF, NORMAL, FULL or EXTRA)", *sync)
 	}
 	cfg.Engine = eng
+	if eng == engineSQLite && *path != "" {
+		if err := claimBenchFile(ctx, c.name, *path); err != nil {
+			return err
+		}
+	}
 
 	bar := a.newProgress("bench")
 	var progress func(done, total int)
@@ -128,12 +152,24 @@ func runBench(ctx context.Context, a *app, args []string) error {
 	}
 	fmt.Fprintf(a.stdout, "%s, %d messages, %d workers", rep.Config.Engine, rep.Config.Messages, rep.Config.Workers)
 	if rep.Config.Engine == engineSQLite {
-		fmt.Fprintf(a.stdout, ", synchronous=%s", rep.Config.Synchronous)
+		fmt.Fprintf(a.stdout, ", synchronous %s", strings.ToUpper(rep.Config.Synchronous))
 	}
 	fmt.Fprintln(a.stdout)
-	if err := rep.WriteTable(a.stdout); err != nil {
+	tw := newTable(a.stdout)
+	fmt.Fprintln(tw, "op\tops\tops_per_s\tp50\tp99\tfloor_ops_per_s\tratio")
+	for _, r := range rep.Results {
+		floorRate, ratio := "-", "-"
+		if r.FloorOpsPerSec > 0 {
+			floorRate = strconv.FormatFloat(r.FloorOpsPerSec, 'f', 0, 64)
+			ratio = strconv.FormatFloat(r.Ratio, 'f', 2, 64) + "x"
+		}
+		fmt.Fprintf(tw, "%s\t%d\t%.0f\t%s\t%s\t%s\t%s\n", r.Op, r.Ops, r.OpsPerSec,
+			roundLatency(r.P50), roundLatency(r.P99), floorRate, ratio)
+	}
+	if err := tw.Flush(); err != nil {
 		return err
 	}
+	fmt.Fprint(a.stdout, benchLegend)
 	keys := make([]string, 0, len(rep.Settings))
 	for k := range rep.Settings {
 		keys = append(keys, k)
@@ -143,9 +179,148 @@ func runBench(ctx context.Context, a *app, args []string) error {
 		fmt.Fprintln(a.stdout, "\nsettings:")
 		tw := newTable(a.stdout)
 		for _, k := range keys {
-			fmt.Fprintf(tw, "  %s\t%s\n", k, rep.Settings[k])
+			fmt.Fprintf(tw, "  %s\t%s\n", k, settingName(k, rep.Settings[k]))
 		}
 		return tw.Flush()
 	}
 	return nil
+}
+
+// benchLegend explains the columns under the table.
+const benchLegend = `
+ops_per_s        operations per second of the library
+p50, p99         median and 99th-percentile latency of one operation
+                 (retry-due: one claim of 100 due messages; queue-e2e: enqueue to handler end)
+floor_ops_per_s  the same phase on the floor: plain database/sql, same schema, indexes,
+                 triggers and pragmas, one statement per transaction, no group commit
+ratio            ops_per_s / floor_ops_per_s: above 1x the library is faster
+`
+
+// pragmaNames names the numeric values SQLite reports for its settings.
+var pragmaNames = map[string][]string{
+	"synchronous":  {"OFF", "NORMAL", "FULL", "EXTRA"},
+	"auto_vacuum":  {"NONE", "FULL", "INCREMENTAL"},
+	"foreign_keys": {"OFF", "ON"},
+	"temp_store":   {"DEFAULT", "FILE", "MEMORY"},
+}
+
+// settingName shows a setting by name: "synchronous NORMAL", not "1".
+func settingName(key, value string) string {
+	base, _, _ := strings.Cut(key, " ")
+	if names, ok := pragmaNames[base]; ok {
+		if n, err := strconv.Atoi(value); err == nil && n >= 0 && n < len(names) {
+			return names[n]
+		}
+	}
+	switch base {
+	case "journal_mode":
+		return strings.ToUpper(value)
+	case "cache_size":
+		if n, err := strconv.Atoi(value); err == nil && n < 0 {
+			return fmt.Sprintf("%d KiB", -n)
+		} else if err == nil {
+			return fmt.Sprintf("%d pages", n)
+		}
+	case "busy_timeout":
+		if _, err := strconv.Atoi(value); err == nil {
+			return value + " ms"
+		}
+	}
+	return value
+}
+
+func roundLatency(d time.Duration) time.Duration {
+	switch {
+	case d >= time.Second:
+		return d.Round(time.Millisecond)
+	case d >= time.Millisecond:
+		return d.Round(10 * time.Microsecond)
+	}
+	return d.Round(100 * time.Nanosecond)
+}
+
+// benchMarker is the table bench puts into a --path file it creates, so
+// that it knows the file for its own later.
+const benchMarker = "spoolmeta_bench"
+
+// claimBenchFile makes path a file bench may use: a missing or empty file
+// is created with the marker; a file with the marker is removed (with its
+// -wal and -shm) and created anew; any other file is refused, untouched.
+func claimBenchFile(ctx context.Context, cmd, path string) error {
+	abs, err := filepath.Abs(path)
+	if err != nil {
+		return err
+	}
+	fi, err := os.Stat(abs)
+	switch {
+	case errors.Is(err, os.ErrNotExist):
+	case err != nil:
+		return err
+	case !fi.Mode().IsRegular():
+		return usagef(cmd, "--path %s is not a regular file", abs)
+	case fi.Size() > 0:
+		mine, err := hasBenchMarker(ctx, abs)
+		if err != nil || !mine {
+			why := "it was not made by spoolmeta bench"
+			if err != nil {
+				why = fmt.Sprintf("it cannot be read as a bench file (%v)", err)
+			}
+			return usagef(cmd, "--path %s exists and %s; bench writes test messages and moves messages between states, so it runs only on a new or empty file or on one it made; the file was not changed", abs, why)
+		}
+		for _, suffix := range []string{"", "-wal", "-shm", "-journal"} {
+			if err := os.Remove(abs + suffix); err != nil && !errors.Is(err, os.ErrNotExist) {
+				return err
+			}
+		}
+	}
+	if err := os.MkdirAll(filepath.Dir(abs), 0o750); err != nil {
+		return err
+	}
+	db, err := gorm.Open(sqlite.Open("file:"+uriEscape(abs)+"?_pragma=busy_timeout(10000)"), gormConfig())
+	if err != nil {
+		return err
+	}
+	pool, err := db.DB()
+	if err != nil {
+		return err
+	}
+	defer pool.Close()
+	// auto_vacuum first, as the library sets it on a new file.
+	for _, stmt := range []string{"PRAGMA auto_vacuum = INCREMENTAL",
+		"CREATE TABLE IF NOT EXISTS " + benchMarker + " (created INTEGER NOT NULL)",
+		"INSERT INTO " + benchMarker + " (created) VALUES (strftime('%s', 'now'))"} {
+		if err := db.WithContext(ctx).Exec(stmt).Error; err != nil {
+			return fmt.Errorf("prepare %s: %w", abs, err)
+		}
+	}
+	return nil
+}
+
+// hasBenchMarker reports whether the file holds bench's marker table,
+// reading it without changing it or leaving a file beside it.
+func hasBenchMarker(ctx context.Context, path string) (bool, error) {
+	if err := checkSQLiteHeader(path); err != nil {
+		return false, err
+	}
+	return fileHasTable(ctx, path, benchMarker)
+}
+
+// checkSQLiteHeader refuses a file that does not start as a SQLite
+// database.
+func checkSQLiteHeader(path string) error {
+	f, err := os.Open(path)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	h := make([]byte, 16)
+	if _, err := io.ReadFull(f, h); err != nil || string(h) != "SQLite format 3\x00" {
+		return errors.New("not a SQLite database")
+	}
+	return nil
+}
+
+// uriEscape escapes what an SQLite URI gives meaning to.
+func uriEscape(p string) string {
+	return strings.NewReplacer("%", "%25", "?", "%3f", "#", "%23").Replace(filepath.ToSlash(p))
 }

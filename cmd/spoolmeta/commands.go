@@ -7,10 +7,12 @@ import (
 	"os"
 	"path/filepath"
 	"sort"
+	"strings"
 	"time"
 
 	metastorage "schneider.vip/retryspool/storage/meta"
 
+	"schneider.vip/retryspool/storage/meta/sqlite/model"
 	"schneider.vip/retryspool/storage/meta/sqlite/repository"
 )
 
@@ -49,7 +51,7 @@ with 3 when there is no such message.`,
 		help: `A message stays Active while a worker handles it; one that stayed longer
 than --older-than was most likely left by a worker that died. Its Updated
 time is when it was claimed. Run it when no worker can still be busy with
-such a message.`,
+such a message. --dry-run only counts them.`,
 	}
 	cmdPurge = &command{
 		name:    "purge",
@@ -57,13 +59,23 @@ such a message.`,
 		summary: "delete (or archive) the messages of a state created too long ago",
 		help: `Deletes the messages of STATE created more than --older-than ago, in
 batches of one transaction each. --archive moves them to archived instead,
---dry-run only counts them.`,
+--dry-run only counts them.
+
+Message bodies: purge deletes metadata only, unless --data names the data
+store. Without --data, the bodies of the purged messages stay in
+RetrySpool's data store for ever (nothing else deletes them); with
+--data fs:DIR (RetrySpool's filesystem data store) the bodies of each
+batch are deleted right after its metadata commits. A crash in between
+leaves bodies without metadata, which 'spoolmeta check --data fs:DIR --fix'
+removes.`,
 	}
 	cmdBackup = &command{
 		name:    "backup",
 		args:    "FILE",
 		summary: "write a consistent copy of a live SQLite database to FILE",
-		help: `FILE must not exist. Writers may go on during the backup. For
+		help: `FILE must not exist; its directory is created when missing. Writers
+may go on during the backup, and it needs only read access to the
+database. For
 PostgreSQL and MySQL/MariaDB use the server's own tools (pg_dump,
 mariadb-dump).`,
 	}
@@ -82,6 +94,8 @@ raw-SQL RetrySpool SQLite backend is upgraded in place when opened.`,
 )
 
 func init() {
+	cmdCheck.run = runCheck
+	cmdDrop.run = runDrop
 	cmdStats.run = runStats
 	cmdList.run = runList
 	cmdShow.run = runShow
@@ -90,12 +104,12 @@ func init() {
 	cmdPurge.run = runPurge
 	cmdBackup.run = runBackup
 	cmdCopy.run = runCopy
-	commands = []*command{cmdStats, cmdList, cmdShow, cmdMove, cmdRequeue, cmdPurge, cmdBackup, cmdCopy, cmdBench}
+	commands = []*command{cmdStats, cmdList, cmdShow, cmdMove, cmdRequeue, cmdPurge, cmdCheck, cmdBackup, cmdCopy, cmdDrop, cmdBench}
 }
 
 // withStore opens the store of cf, runs fn and closes the store.
-func withStore(ctx context.Context, c *command, cf *connFlags, create bool, fn func(s *store) error) error {
-	s, err := openStore(ctx, c.name, cf, create)
+func withStore(ctx context.Context, c *command, cf *connFlags, acc access, fn func(s *store) error) error {
+	s, err := openStoreCtx(ctx, c.name, cf, acc)
 	if err != nil {
 		return err
 	}
@@ -104,6 +118,33 @@ func withStore(ctx context.Context, c *command, cf *connFlags, create bool, fn f
 		err = fmt.Errorf("close: %w", cerr)
 	}
 	return err
+}
+
+// openStoreCtx is openStore that returns when ctx ends (an interrupt)
+// even while the open waits for another process's lock, which the SQLite
+// driver does without a context. Nothing has been written then; the open
+// in flight is closed when it completes.
+func openStoreCtx(ctx context.Context, cmd string, cf *connFlags, acc access) (*store, error) {
+	type opened struct {
+		s   *store
+		err error
+	}
+	ch := make(chan opened, 1)
+	go func() {
+		s, err := openStore(ctx, cmd, cf, acc)
+		ch <- opened{s, err}
+	}()
+	select {
+	case o := <-ch:
+		return o.s, o.err
+	case <-ctx.Done():
+		go func() {
+			if o := <-ch; o.s != nil {
+				_ = o.s.close()
+			}
+		}()
+		return nil, fmt.Errorf("open: %w", ctx.Err())
+	}
 }
 
 type stateStatsJSON struct {
@@ -149,7 +190,7 @@ func runStats(ctx context.Context, a *app, args []string) error {
 	if *dueLimit < 1 || *dueLimit > repository.MaxClaim {
 		return usagef(c.name, "--due-limit must be in 1..%d", repository.MaxClaim)
 	}
-	return withStore(ctx, c, cf, false, func(s *store) error {
+	return withStore(ctx, c, cf, readOnly, func(s *store) error {
 		stats, err := s.r.Stats(ctx)
 		if err != nil {
 			return err
@@ -176,10 +217,10 @@ func runStats(ctx context.Context, a *app, args []string) error {
 			return writeJSON(a.stdout, out)
 		}
 		tw := newTable(a.stdout)
-		fmt.Fprintln(tw, "STATE\tCOUNT\tOLDEST\tOLDEST CREATED\tNEWEST\tNEWEST CREATED")
+		fmt.Fprintln(tw, "STATE\tCOUNT\tOLDEST\tOLDEST_CREATED\tNEWEST\tNEWEST_CREATED")
 		for _, st := range stats {
 			fmt.Fprintf(tw, "%s\t%d\t%s\t%s\t%s\t%s\n", st.State, st.Count,
-				orDash(st.OldestID), fmtTime(st.Oldest), orDash(st.NewestID), fmtTime(st.Newest))
+				orDash(fmtID(st.OldestID)), fmtTime(st.Oldest), orDash(fmtID(st.NewestID)), fmtTime(st.Newest))
 		}
 		fmt.Fprintf(tw, "total\t%d\t\t\t\t\n", out.Total)
 		if err := tw.Flush(); err != nil {
@@ -193,7 +234,7 @@ func runStats(ctx context.Context, a *app, args []string) error {
 		}
 		fmt.Fprintf(tw, "due now:\t%d%s deferred messages with next retry at or before now", out.Due.Count, more)
 		if len(due) > 0 {
-			fmt.Fprintf(tw, " (first: %s, due since %s)", due[0].ID, fmtTime(due[0].NextRetry))
+			fmt.Fprintf(tw, " (first: %s, due since %s)", fmtID(due[0].ID), fmtTime(due[0].NextRetry))
 		}
 		fmt.Fprintln(tw)
 		fmt.Fprintf(tw, "database:\t%s\n", s.describe())
@@ -232,7 +273,7 @@ type listJSON struct {
 func runList(ctx context.Context, a *app, args []string) error {
 	c := cmdList
 	fs, cf := a.newFlags(c)
-	sortBy := fs.String("sort", "created", "sort by `field`: created, updated, priority or attempts")
+	sortBy := fs.String("sort", "created", "sort by `field`: "+strings.Join(sortFields, ", "))
 	order := fs.String("order", "asc", "sort `order`: asc or desc")
 	limit := fs.Int("limit", 100, "at most `n` messages")
 	offset := fs.Int("offset", 0, "skip the first `n` messages")
@@ -254,11 +295,17 @@ func runList(ctx context.Context, a *app, args []string) error {
 	if *offset < 0 {
 		return usagef(c.name, "--offset must not be negative")
 	}
+	if !oneOf(*sortBy, sortFields) {
+		return usagef(c.name, "unknown --sort %q (want one of: %s)", *sortBy, strings.Join(sortFields, ", "))
+	}
+	if !oneOf(*order, sortOrders) {
+		return usagef(c.name, "unknown --order %q (want asc or desc)", *order)
+	}
 	sinceT, err := parseSince(c.name, *since, time.Now())
 	if err != nil {
 		return err
 	}
-	return withStore(ctx, c, cf, false, func(s *store) error {
+	return withStore(ctx, c, cf, readOnly, func(s *store) error {
 		res, err := s.r.ListMessages(ctx, state, metastorage.MessageListOptions{
 			Limit: *limit, Offset: *offset, SortBy: *sortBy, SortOrder: *order, Since: sinceT,
 		})
@@ -283,9 +330,9 @@ func runList(ctx context.Context, a *app, args []string) error {
 			return writeJSON(a.stdout, out)
 		}
 		tw := newTable(a.stdout)
-		fmt.Fprintln(tw, "ID\tSTATE\tCREATED\tUPDATED\tATTEMPTS\tPRIORITY\tNEXT RETRY\tLAST ERROR")
+		fmt.Fprintln(tw, "ID\tSTATE\tCREATED\tUPDATED\tATTEMPTS\tPRIORITY\tNEXT_RETRY\tLAST_ERROR")
 		for _, md := range mds {
-			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d/%d\t%d\t%s\t%s\n", md.ID, md.State, fmtTime(md.Created), fmtTime(md.Updated),
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d/%d\t%d\t%s\t%s\n", fmtID(md.ID), md.State, fmtTime(md.Created), fmtTime(md.Updated),
 				md.Attempts, md.MaxAttempts, md.Priority, fmtTime(md.NextRetry), oneLine(md.LastError, 60))
 		}
 		if err := tw.Flush(); err != nil {
@@ -313,7 +360,7 @@ func runShow(ctx context.Context, a *app, args []string) error {
 	if err := wantArgs(c, pos, 1); err != nil {
 		return err
 	}
-	return withStore(ctx, c, cf, false, func(s *store) error {
+	return withStore(ctx, c, cf, readOnly, func(s *store) error {
 		md, err := s.r.GetMeta(ctx, pos[0])
 		if errors.Is(err, metastorage.ErrMessageNotFound) {
 			return fmt.Errorf("message %q: %w", pos[0], metastorage.ErrMessageNotFound)
@@ -325,7 +372,7 @@ func runShow(ctx context.Context, a *app, args []string) error {
 			return writeJSON(a.stdout, toJSON(md))
 		}
 		tw := newTable(a.stdout)
-		fmt.Fprintf(tw, "id:\t%s\n", md.ID)
+		fmt.Fprintf(tw, "id:\t%s\n", fmtID(md.ID))
 		fmt.Fprintf(tw, "state:\t%s\n", md.State)
 		fmt.Fprintf(tw, "attempts:\t%d of %d\n", md.Attempts, md.MaxAttempts)
 		fmt.Fprintf(tw, "next retry:\t%s\n", fmtTime(md.NextRetry))
@@ -373,7 +420,7 @@ func runMove(ctx context.Context, a *app, args []string) error {
 		return err
 	}
 	id := pos[0]
-	return withStore(ctx, c, cf, false, func(s *store) error {
+	return withStore(ctx, c, cf, readWrite, func(s *store) error {
 		err := s.r.MoveToState(ctx, id, from, to)
 		switch {
 		case errors.Is(err, metastorage.ErrMessageNotFound):
@@ -389,7 +436,7 @@ func runMove(ctx context.Context, a *app, args []string) error {
 		if cf.json {
 			return writeJSON(a.stdout, map[string]string{"id": id, "from": from.String(), "to": to.String()})
 		}
-		fmt.Fprintf(a.stdout, "moved %s from %s to %s\n", id, from, to)
+		fmt.Fprintf(a.stdout, "moved %s from %s to %s\n", fmtID(id), from, to)
 		return nil
 	})
 }
@@ -399,6 +446,7 @@ func runRequeue(ctx context.Context, a *app, args []string) error {
 	fs, cf := a.newFlags(c)
 	olderThan := fs.String("older-than", "", "requeue messages claimed more than `age` ago (30m, 2h, 7d); required")
 	batch := fs.Int("batch", repository.DefaultOpBatchSize, "`n` messages per transaction")
+	dryRun := fs.Bool("dry-run", false, "only count the messages that would be requeued")
 	pos, err := a.parse(c, fs, args)
 	if err != nil {
 		return err
@@ -410,16 +458,32 @@ func runRequeue(ctx context.Context, a *app, args []string) error {
 	if err != nil {
 		return err
 	}
-	return withStore(ctx, c, cf, false, func(s *store) error {
+	acc := readWrite
+	if *dryRun {
+		acc = readOnly
+	}
+	return withStore(ctx, c, cf, acc, func(s *store) error {
 		cutoff := time.Now().Add(-age)
-		n, err := s.r.RequeueStale(ctx, cutoff, *batch)
-		if err != nil {
+		var n int64
+		if *dryRun {
+			if n, err = countStale(ctx, s, cutoff); err != nil {
+				return err
+			}
+		} else if n, err = s.r.RequeueStale(ctx, cutoff, *batch); err != nil {
 			return fmt.Errorf("%w (%d requeued before the error)", err, n)
 		}
 		if cf.json {
-			return writeJSON(a.stdout, map[string]any{"requeued": n, "cutoff": jsonTime(cutoff)})
+			key := "requeued"
+			if *dryRun {
+				key = "would_requeue"
+			}
+			return writeJSON(a.stdout, map[string]any{key: n, "dry_run": *dryRun, "cutoff": jsonTime(cutoff)})
 		}
-		fmt.Fprintf(a.stdout, "requeued %d active messages claimed before %s\n", n, fmtTime(cutoff))
+		verb := "requeued"
+		if *dryRun {
+			verb = "would requeue"
+		}
+		fmt.Fprintf(a.stdout, "%s %d active messages claimed before %s\n", verb, n, fmtTime(cutoff))
 		return nil
 	})
 }
@@ -431,6 +495,7 @@ func runPurge(ctx context.Context, a *app, args []string) error {
 	dryRun := fs.Bool("dry-run", false, "only count the messages that would go")
 	archive := fs.Bool("archive", false, "move the messages to archived instead of deleting them")
 	batch := fs.Int("batch", repository.DefaultOpBatchSize, "`n` messages per transaction")
+	data := fs.String("data", "", "also delete the bodies from RetrySpool's data store: fs:`DIR` (filesystem store); without it the bodies stay")
 	pos, err := a.parse(c, fs, args)
 	if err != nil {
 		return err
@@ -446,18 +511,40 @@ func runPurge(ctx context.Context, a *app, args []string) error {
 	if err != nil {
 		return err
 	}
-	return withStore(ctx, c, cf, false, func(s *store) error {
+	var bodies *bodyStore
+	if *data != "" {
+		if *archive {
+			return usagef(c.name, "--data deletes bodies; --archive keeps the messages, so it cannot go with --data")
+		}
+		if bodies, err = openBodies(c.name, *data); err != nil {
+			return err
+		}
+	}
+	acc := readWrite
+	if *dryRun {
+		acc = readOnly
+	}
+	return withStore(ctx, c, cf, acc, func(s *store) error {
 		cutoff := time.Now().Add(-age)
 		opts := repository.PurgeOptions{BatchSize: *batch, Archive: *archive, DryRun: *dryRun}
-		if bar := a.newProgress("purge"); bar != nil && !*dryRun {
+		var bodiesDeleted int64
+		if bodies != nil {
+			opts.OnPurged = func(ctx context.Context, ids []string) error {
+				n, err := bodies.delete(ctx, ids)
+				bodiesDeleted += n
+				return err
+			}
+		}
+		bar := a.newProgress("purge")
+		if bar != nil && !*dryRun {
 			total, err := s.r.Purge(ctx, state, cutoff, repository.PurgeOptions{BatchSize: *batch, Archive: *archive, DryRun: true})
 			if err != nil {
 				return err
 			}
 			opts.Progress = func(done int64) { bar.update(done, max(total, done)) }
-			defer bar.done()
 		}
 		n, err := s.r.Purge(ctx, state, cutoff, opts)
+		bar.done() // the result goes on a line of its own
 		if err != nil {
 			return fmt.Errorf("%w (%d purged before the error)", err, n)
 		}
@@ -471,10 +558,23 @@ func runPurge(ctx context.Context, a *app, args []string) error {
 			verb = "archived"
 		}
 		if cf.json {
-			return writeJSON(a.stdout, map[string]any{"state": state.String(), "count": n, "dry_run": *dryRun,
-				"archive": *archive, "cutoff": jsonTime(cutoff)})
+			out := map[string]any{"state": state.String(), "count": n, "dry_run": *dryRun,
+				"archive": *archive, "cutoff": jsonTime(cutoff)}
+			if bodies != nil {
+				out["data"] = bodies.dir
+				out["bodies_deleted"] = bodiesDeleted
+			}
+			return writeJSON(a.stdout, out)
 		}
 		fmt.Fprintf(a.stdout, "%s %d %s messages created before %s\n", verb, n, state, fmtTime(cutoff))
+		switch {
+		case bodies != nil && !*dryRun:
+			fmt.Fprintf(a.stdout, "deleted %d message bodies from %s\n", bodiesDeleted, bodies.dir)
+		case bodies != nil:
+			fmt.Fprintf(a.stdout, "would delete their bodies from %s\n", bodies.dir)
+		case !*archive && n > 0:
+			fmt.Fprintf(a.stdout, "note: only the metadata; their bodies stay in the data store (give --data fs:DIR to delete them, or run 'spoolmeta check --data fs:DIR --fix')\n")
+		}
 		return nil
 	})
 }
@@ -493,7 +593,13 @@ func runBackup(ctx context.Context, a *app, args []string) error {
 	if err != nil {
 		return err
 	}
-	return withStore(ctx, c, cf, false, func(s *store) error {
+	return withStore(ctx, c, cf, readOnly, func(s *store) error {
+		if s.engine == engineSQLite {
+			// A missing directory is created, as for --db.
+			if err := os.MkdirAll(filepath.Dir(dst), 0o750); err != nil {
+				return fmt.Errorf("backup: cannot create the directory of %s: %w", dst, err)
+			}
+		}
 		if err := s.r.Backup(ctx, dst); err != nil {
 			return err
 		}
@@ -534,7 +640,7 @@ func runCopy(ctx context.Context, a *app, args []string) error {
 		return err
 	}
 	defer src.close()
-	return withStore(ctx, c, cf, true, func(s *store) error {
+	return withStore(ctx, c, cf, create, func(s *store) error {
 		if src.path != "" && src.path == s.path && src.table == s.table {
 			return usagef(c.name, "source and destination are the same table of %s", s.path)
 		}
@@ -563,4 +669,31 @@ func runCopy(ctx context.Context, a *app, args []string) error {
 		}
 		return tw.Flush()
 	})
+}
+
+var (
+	sortFields = []string{"created", "updated", "priority", "attempts"}
+	sortOrders = []string{"asc", "desc"}
+)
+
+func oneOf(s string, set []string) bool {
+	for _, v := range set {
+		if s == v {
+			return true
+		}
+	}
+	return false
+}
+
+// countStale counts what RequeueStale would move: Active messages updated
+// before cutoff.
+func countStale(ctx context.Context, s *store, cutoff time.Time) (int64, error) {
+	enc, err := model.EncodeTime(cutoff)
+	if err != nil {
+		return 0, err
+	}
+	var n int64
+	err = s.r.DB().WithContext(ctx).Table(s.table).
+		Where("state = ? AND updated < ?", int(metastorage.StateActive), enc).Count(&n).Error
+	return n, err
 }

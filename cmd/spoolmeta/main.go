@@ -16,6 +16,7 @@ import (
 	"os/signal"
 	"sort"
 	"strings"
+	"sync/atomic"
 	"syscall"
 
 	metastorage "schneider.vip/retryspool/storage/meta"
@@ -47,8 +48,13 @@ Database flags, accepted by every command but bench (see "spoolmeta help bench")
   --dsn DSN      a server instead of a file, told apart by its form:
                    PostgreSQL:     postgres://user@host:5432/db or "host=... user=... dbname=..."
                    MySQL/MariaDB:  user:password@tcp(host:3306)/db or mysql://user@host:3306/db
+                 (--db and --dsn together is a usage error)
   --table NAME   message table (default %s)
-  --json         print JSON for scripts instead of tables
+  --json         print JSON for scripts instead of tables; errors too, on stderr
+
+stats, list, show, backup, check, and purge and requeue-stale with --dry-run
+open a SQLite file read-only: they need no write access to it or its
+directory, and leave no file behind.
 
 States: incoming, active, deferred, hold, bounce, archived.
 Flags may come before or after the arguments; both -flag and --flag work.
@@ -59,6 +65,8 @@ Exit codes:
   2  usage error: unknown command or flag, bad argument or combination
   3  not found: the message, database file, table or copy source does not exist
   4  state conflict: the message is not in the state the command expected
+  130  stopped by Ctrl-C (143: SIGTERM) after the batch in flight committed or
+       rolled back; a second Ctrl-C exits at once
 `
 
 // command is one subcommand.
@@ -97,21 +105,55 @@ func commandList() string {
 // app is what the commands write to.
 type app struct {
 	stdout, stderr io.Writer
+	// json: the command line asked for JSON, so errors are JSON too.
+	json bool
 	// tty reports whether stdout is a terminal: progress bars are drawn
 	// (on stderr) only then.
 	tty bool
 }
 
+// Exit codes after a signal, as a shell reports a process killed by it.
+const (
+	exitInterrupt = 130 // 128 + SIGINT
+	exitTerminate = 143 // 128 + SIGTERM
+)
+
+// main runs the command. The first SIGINT or SIGTERM cancels it: it stops
+// at its next clean point (a batch commits or rolls back whole) and the
+// process exits with 130 (SIGINT) or 143 (SIGTERM); a second one exits at
+// once.
 func main() {
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	ctx, cancel := context.WithCancel(context.Background())
+	sigs := make(chan os.Signal, 2)
+	signal.Notify(sigs, os.Interrupt, syscall.SIGTERM)
+	var got atomic.Value
+	go func() {
+		sig := <-sigs
+		got.Store(sig)
+		cancel()
+		<-sigs
+		fmt.Fprintln(os.Stderr, "spoolmeta: interrupted again, exiting at once")
+		os.Exit(exitCodeOf(sig))
+	}()
 	code := run(ctx, os.Args[1:], os.Stdout, os.Stderr)
-	stop()
+	if sig, ok := got.Load().(os.Signal); ok {
+		fmt.Fprintf(os.Stderr, "spoolmeta: stopped by %v\n", sig)
+		code = exitCodeOf(sig)
+	}
+	cancel()
 	os.Exit(code)
+}
+
+func exitCodeOf(sig os.Signal) int {
+	if sig == syscall.SIGTERM {
+		return exitTerminate
+	}
+	return exitInterrupt
 }
 
 // run executes one command line and returns the exit code.
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
-	a := &app{stdout: stdout, stderr: stderr, tty: isTerminal(stdout)}
+	a := &app{stdout: stdout, stderr: stderr, tty: isTerminal(stdout), json: wantsJSON(args)}
 	if len(args) == 0 {
 		fmt.Fprintf(stderr, overview, commandList(), defaultDBPath, defaultTable)
 		return exitUsage
@@ -144,12 +186,43 @@ func (a *app) finish(err error) int {
 		return exitOK
 	}
 	code := exitCode(err)
+	if a.json {
+		// One JSON object on stderr, so that stdout holds only results.
+		_ = writeJSON(a.stderr, errorJSON{Error: err.Error(), Kind: exitKinds[code], ExitCode: code})
+		return code
+	}
 	fmt.Fprintf(a.stderr, "spoolmeta: %v\n", err)
 	var ue *usageError
 	if errors.As(err, &ue) && ue.cmd != "" {
 		fmt.Fprintf(a.stderr, "run 'spoolmeta help %s' for its usage\n", ue.cmd)
 	}
 	return code
+}
+
+// errorJSON is how an error is printed with --json.
+type errorJSON struct {
+	Error    string `json:"error"`
+	Kind     string `json:"kind"`
+	ExitCode int    `json:"exit_code"`
+}
+
+var exitKinds = map[int]string{
+	exitError: "error", exitUsage: "usage", exitNotFound: "not_found", exitConflict: "state_conflict",
+}
+
+// wantsJSON reports whether the command line has --json (before a lone
+// "--"), whatever its other flags: errors found while parsing them are
+// then JSON too.
+func wantsJSON(args []string) bool {
+	for _, arg := range args {
+		switch arg {
+		case "--":
+			return false
+		case "-json", "--json", "-json=true", "--json=true", "-json=1", "--json=1":
+			return true
+		}
+	}
+	return false
 }
 
 // errNotFound marks a database, table or copy source that does not exist.
@@ -198,7 +271,7 @@ func isTerminal(w io.Writer) bool {
 func (a *app) newFlags(c *command) (*flag.FlagSet, *connFlags) {
 	fs := flag.NewFlagSet(c.name, flag.ContinueOnError)
 	fs.SetOutput(io.Discard)
-	cf := &connFlags{}
+	cf := &connFlags{fs: fs}
 	fs.StringVar(&cf.db, "db", defaultDBPath, "SQLite `file`")
 	fs.StringVar(&cf.dsn, "dsn", "", "PostgreSQL or MySQL/MariaDB `DSN` instead of a SQLite file")
 	fs.StringVar(&cf.table, "table", defaultTable, "message `table`")
@@ -268,5 +341,5 @@ func (a *app) printUsage(w io.Writer, c *command, fs *flag.FlagSet) {
 		}
 		fmt.Fprintf(w, "  %-22s %s%s\n", left, usage, def)
 	}
-	fmt.Fprintf(w, "\nExit codes: 0 ok, 1 error, 2 usage error, 3 not found, 4 state conflict.\n")
+	fmt.Fprintf(w, "\nExit codes: 0 ok, 1 error, 2 usage error, 3 not found, 4 state conflict, 130 interrupted.\n")
 }

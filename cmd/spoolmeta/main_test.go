@@ -20,6 +20,7 @@ import (
 
 	sqlitemeta "schneider.vip/retryspool/storage/meta/sqlite"
 	"schneider.vip/retryspool/storage/meta/sqlite/internal/testkit/testdb"
+	"schneider.vip/retryspool/storage/meta/sqlite/internal/testnotice"
 )
 
 // binary is the spoolmeta built once for all tests.
@@ -33,12 +34,17 @@ func TestMain(m *testing.M) {
 	}
 	binary = filepath.Join(dir, "spoolmeta")
 	out, err := exec.Command("go", "build", "-o", binary, ".").CombinedOutput()
+	if other := os.Getenv("SPOOLMETA_TEST_BINARY"); other != "" && err == nil {
+		// Run the tests against another build, e.g. an earlier version.
+		out, err = exec.Command("cp", other, binary).CombinedOutput()
+	}
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "build spoolmeta: %v\n%s", err, out)
 		os.RemoveAll(dir)
 		os.Exit(1)
 	}
 	code := m.Run()
+	testnotice.Print()
 	os.RemoveAll(dir)
 	os.Exit(code)
 }
@@ -374,7 +380,7 @@ func TestListAndShow(t *testing.T) {
 	require.NotNil(t, l.Messages, "an empty page is [], not null")
 
 	out := ok(t, "list", "deferred", "--db", db, "--limit", "2")
-	require.Contains(t, out, "LAST ERROR")
+	require.Contains(t, out, "LAST_ERROR")
 	require.Contains(t, out, "451 try again later")
 	require.Contains(t, out, "2/5")
 	require.Contains(t, out, "next page: --offset 2")
@@ -559,7 +565,7 @@ func TestBench(t *testing.T) {
 
 	text := ok(t, "bench", "--messages", "30", "--workers", "2")
 	require.Contains(t, text, "sqlite, 30 messages, 2 workers")
-	require.Contains(t, text, "ops/s")
+	require.Contains(t, text, "ops_per_s")
 }
 
 // TestServers runs the commands against PostgreSQL and MySQL/MariaDB.

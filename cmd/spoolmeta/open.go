@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"errors"
+	"flag"
 	"fmt"
 	"log"
 	"net/url"
@@ -32,7 +33,31 @@ const (
 type connFlags struct {
 	db, dsn, table string
 	json           bool
+	fs             *flag.FlagSet // to tell flags given from defaults
 }
+
+// given reports whether the flag was on the command line.
+func (cf *connFlags) given(name string) bool {
+	found := false
+	if cf.fs != nil {
+		cf.fs.Visit(func(f *flag.Flag) { found = found || f.Name == name })
+	}
+	return found
+}
+
+// access is what a command does with the store.
+type access int
+
+const (
+	// readOnly opens an existing SQLite file read-only: it works for an
+	// operator who may read the file but not write its directory, and
+	// leaves no file behind (see sqlitemeta.WithReadOnly).
+	readOnly access = iota
+	// readWrite opens an existing store for changes.
+	readWrite
+	// create opens the store, creating the file and table when missing.
+	create
+)
 
 // Engines.
 const (
@@ -86,7 +111,9 @@ type store struct {
 	engine string
 	path   string // absolute path of a SQLite file
 	table  string
-	close  func() error
+	// readOnly: a SQLite file opened read-only.
+	readOnly bool
+	close    func() error
 }
 
 func (s *store) describe() string {
@@ -101,24 +128,27 @@ func gormConfig() *gorm.Config {
 	return &gorm.Config{SkipDefaultTransaction: true, Logger: logger.Discard, TranslateError: true}
 }
 
-// openStore opens the store of the database flags. Unless create is set,
+// openStore opens the store of the database flags. Unless acc is create,
 // the SQLite file and the table must already exist: an inspection with a
 // typo in a name must not create an empty store.
-func openStore(ctx context.Context, cmd string, cf *connFlags, create bool) (*store, error) {
+func openStore(ctx context.Context, cmd string, cf *connFlags, acc access) (*store, error) {
 	if err := repository.CheckTableName(cf.table); err != nil {
 		return nil, usagef(cmd, "--table: %v", err)
+	}
+	if cf.dsn != "" && cf.given("db") {
+		return nil, usagef(cmd, "--db and --dsn cannot go together: --db names a SQLite file, --dsn a server")
 	}
 	if cf.dsn != "" {
 		engine, dsn, ok := detectDSN(cf.dsn)
 		if !ok {
 			return nil, usagef(cmd, "--dsn: cannot tell the engine; give postgres://..., \"host=... dbname=...\" or user@tcp(host:3306)/db")
 		}
-		return openServer(ctx, engine, dsn, cf.table, create)
+		return openServer(ctx, engine, dsn, cf.table, acc == create)
 	}
 	if cf.db == "" {
 		return nil, usagef(cmd, "--db: empty path")
 	}
-	return openFile(ctx, cf.db, cf.table, create)
+	return openFile(ctx, cf.db, cf.table, acc)
 }
 
 func openServer(ctx context.Context, engine, dsn, table string, create bool) (*store, error) {
@@ -154,12 +184,12 @@ func openServer(ctx context.Context, engine, dsn, table string, create bool) (*s
 	}}, nil
 }
 
-func openFile(ctx context.Context, path, table string, create bool) (*store, error) {
+func openFile(ctx context.Context, path, table string, acc access) (*store, error) {
 	abs, err := filepath.Abs(path)
 	if err != nil {
 		return nil, err
 	}
-	if !create {
+	if acc != create {
 		fi, err := os.Stat(abs)
 		switch {
 		case errors.Is(err, os.ErrNotExist):
@@ -169,6 +199,11 @@ func openFile(ctx context.Context, path, table string, create bool) (*store, err
 		case fi.IsDir():
 			return nil, fmt.Errorf("%s is a directory", abs)
 		}
+	}
+	opts := []sqlitemeta.Option{sqlitemeta.WithDatabasePath(abs), sqlitemeta.WithTableName(table)}
+	if acc == readOnly {
+		opts = append(opts, sqlitemeta.WithReadOnly())
+	} else if acc == readWrite {
 		has, err := fileHasTable(ctx, abs, table)
 		if err != nil {
 			return nil, fmt.Errorf("open %s: %w", abs, err)
@@ -177,17 +212,25 @@ func openFile(ctx context.Context, path, table string, create bool) (*store, err
 			return nil, fmt.Errorf("%w: table %q does not exist in %s", errNotFound, table, abs)
 		}
 	}
-	r, err := sqlitemeta.NewFactory(sqlitemeta.WithDatabasePath(abs), sqlitemeta.WithTableName(table)).Open(ctx)
+	r, err := sqlitemeta.NewFactory(opts...).Open(ctx)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, fmt.Errorf("%w: %w", errNotFound, err)
+	}
 	if err != nil {
 		return nil, err
 	}
-	return &store{r: r, engine: engineSQLite, path: abs, table: table, close: r.Close}, nil
+	return &store{r: r, engine: engineSQLite, path: abs, table: table, readOnly: acc == readOnly, close: r.Close}, nil
 }
 
-// fileHasTable looks for the table on a read-only connection.
+// fileHasTable looks for the table on a read-only connection that leaves
+// no file behind: immutable when no -wal file exists.
 func fileHasTable(ctx context.Context, path, table string) (bool, error) {
 	esc := strings.NewReplacer("%", "%25", "?", "%3f", "#", "%23").Replace(filepath.ToSlash(path))
-	db, err := gorm.Open(sqlite.Open("file:"+esc+"?mode=ro&_pragma=busy_timeout(10000)"), gormConfig())
+	dsn := "file:" + esc + "?mode=ro&_pragma=busy_timeout(10000)"
+	if _, err := os.Lstat(path + "-wal"); errors.Is(err, os.ErrNotExist) {
+		dsn += "&immutable=1"
+	}
+	db, err := gorm.Open(sqlite.Open(dsn), gormConfig())
 	if err != nil {
 		return false, err
 	}
@@ -253,7 +296,7 @@ func openSource(ctx context.Context, cmd, from, table string) (*source, error) {
 		}
 		return &source{b: s.r, desc: s.describe(), table: table, close: s.close}, nil
 	}
-	s, err := openFile(ctx, from, table, false)
+	s, err := openFile(ctx, from, table, readWrite)
 	if err != nil {
 		return nil, err
 	}
