@@ -173,9 +173,9 @@ func openFile(ctx context.Context, c config, rc repository.Config) (*Repository,
 const writerAutoCheckpoint = 4000
 
 // dialector is GORM's SQLite dialect on this library's driver, which keeps
-// statements compiled (see internal/sqlitedriver).
+// statements compiled and translates its errors (see internal/sqlitedriver).
 func dialector(dsn string) gorm.Dialector {
-	return &sqlite.Dialector{DriverName: sqlitedriver.DriverName, DSN: dsn}
+	return &sqlitedriver.Dialector{Dialector: &sqlite.Dialector{DriverName: sqlitedriver.DriverName, DSN: dsn}}
 }
 
 // dsn builds the driver's DSN. The driver, like the glebarez one, applies

@@ -1,0 +1,366 @@
+package sqlitedriver
+
+import (
+	"errors"
+	"sort"
+	"strings"
+
+	"modernc.org/libc"
+	sqlite3 "modernc.org/sqlite/lib"
+)
+
+// Sizes of the two segments of a connection's statement cache: a text
+// enters the probation segment when first compiled and moves to the
+// protected one when used again; the protected segment's least recently
+// used statement moves back to probation when it overflows, and
+// probation's least recently used one is finalized.
+const (
+	protectedSize = 96
+	probationSize = 32
+)
+
+// ghostSize bounds how many evicted texts keep their compile counts, so
+// that Stats can tell a statement compiled again after an eviction.
+const ghostSize = 512
+
+// cstmt is a compiled statement, and an entry of the cache when cached.
+type cstmt struct {
+	p         uintptr
+	query     string
+	cacheable bool // DML, a query or transaction control
+	cached    bool // in the cache (else finalized after its use)
+	protected bool // in the protected segment
+	busy      bool // a Rows is reading it
+	unbind    []int32
+
+	// Column names and declared types, and the SQLite recompilation count
+	// at which they were read.
+	cols   []string
+	decl   []string
+	colsAt int32
+
+	compiles uint64 // compilations of query on this connection
+	hits     uint64
+
+	prev, next *cstmt
+}
+
+// cache holds a connection's compiled statements by SQL text.
+type cache struct {
+	m         map[string]*cstmt
+	prot      cstmt // sentinel of the protected list, most recent first
+	prob      cstmt // sentinel of the probation list
+	nProt     int
+	nProb     int
+	off       bool // while the connection opens: cache nothing
+	own       map[string]*cstmt
+	ghosts    map[string]uint64
+	hits      uint64
+	misses    uint64
+	evictions uint64
+}
+
+func (k *cache) init() {
+	k.m = map[string]*cstmt{}
+	k.own = map[string]*cstmt{}
+	k.ghosts = map[string]uint64{}
+	k.prot.prev, k.prot.next = &k.prot, &k.prot
+	k.prob.prev, k.prob.next = &k.prob, &k.prob
+}
+
+func unlink(s *cstmt) {
+	s.prev.next, s.next.prev = s.next, s.prev
+	s.prev, s.next = nil, nil
+}
+
+func pushFront(head, s *cstmt) {
+	s.prev, s.next = head, head.next
+	head.next.prev = s
+	head.next = s
+}
+
+// touch records a use of a cached statement.
+func (k *cache) touch(s *cstmt) {
+	unlink(s)
+	if s.protected {
+		pushFront(&k.prot, s)
+		return
+	}
+	k.nProb--
+	s.protected = true
+	pushFront(&k.prot, s)
+	k.nProt++
+}
+
+// balance keeps the segments within their sizes, finalizing what leaves
+// the cache.
+func (k *cache) balance(c *conn) {
+	for k.nProt > protectedSize {
+		s := k.prot.prev
+		unlink(s)
+		k.nProt--
+		s.protected = false
+		pushFront(&k.prob, s)
+		k.nProb++
+	}
+	for k.nProb > probationSize {
+		s := k.prob.prev
+		unlink(s)
+		k.nProb--
+		k.evict(c, s)
+	}
+}
+
+func (k *cache) evict(c *conn, s *cstmt) {
+	delete(k.m, s.query)
+	s.cached = false
+	k.evictions++
+	if len(k.ghosts) >= ghostSize {
+		clear(k.ghosts)
+	}
+	k.ghosts[s.query] = s.compiles
+	if !s.busy { // else the Rows reading it finalizes it
+		sqlite3.Xsqlite3_finalize(c.tls, s.p)
+		s.p = 0
+	}
+}
+
+// finalizeAll finalizes every statement, when the connection closes.
+func (k *cache) finalizeAll(c *conn) {
+	for _, m := range []map[string]*cstmt{k.m, k.own} {
+		for _, s := range m {
+			s.cached = false
+			if s.p != 0 {
+				sqlite3.Xsqlite3_finalize(c.tls, s.p)
+			}
+			s.p = 0 // a Rows still reading it finds it gone
+		}
+	}
+	k.m, k.own = nil, nil
+}
+
+// cacheable reports whether a text may be cached: DML, queries and
+// transaction control, judged by the first keyword.
+func cacheable(query string) bool {
+	q := skipComments(query)
+	end := 0
+	for end < len(q) && (q[end] >= 'a' && q[end] <= 'z' || q[end] >= 'A' && q[end] <= 'Z') {
+		end++
+	}
+	switch strings.ToUpper(q[:end]) {
+	case "SELECT", "INSERT", "UPDATE", "DELETE", "REPLACE", "WITH", "VALUES",
+		"BEGIN", "COMMIT", "END", "ROLLBACK", "SAVEPOINT", "RELEASE":
+		return true
+	}
+	return false
+}
+
+// skipComments returns s after its leading whitespace, comments and
+// semicolons.
+func skipComments(s string) string {
+	for {
+		s = strings.TrimLeft(s, " \t\r\n\f\v;")
+		switch {
+		case strings.HasPrefix(s, "--"):
+			i := strings.IndexByte(s, '\n')
+			if i < 0 {
+				return ""
+			}
+			s = s[i+1:]
+		case strings.HasPrefix(s, "/*"):
+			i := strings.Index(s[2:], "*/")
+			if i < 0 {
+				return ""
+			}
+			s = s[i+4:]
+		default:
+			return s
+		}
+	}
+}
+
+// onlyComments reports whether s holds no statement.
+func onlyComments(s string) bool { return skipComments(s) == "" }
+
+var errNUL = errors.New("sqlitedriver: SQL text contains a NUL byte")
+
+// prepare returns a compiled statement for query, from the cache when
+// possible. tail reports SQL left after the first statement, "" when only
+// comments follow it.
+func (c *conn) prepare(query string) (*cstmt, string, error) {
+	k := &c.cache
+	if s, ok := k.m[query]; ok && !s.busy {
+		k.hits++
+		s.hits++
+		k.touch(s)
+		return s, "", nil
+	}
+	k.misses++
+	s, tail, err := c.compile(query, 0)
+	if err != nil {
+		return nil, "", err
+	}
+	s.cacheable = cacheable(query)
+	if s.p != 0 && tail == "" && s.cacheable && !k.off {
+		if _, taken := k.m[query]; !taken {
+			s.compiles += k.ghosts[query]
+			delete(k.ghosts, query)
+			s.cached = true
+			k.m[query] = s
+			pushFront(&k.prob, s)
+			k.nProb++
+			k.balance(c)
+		}
+	}
+	return s, tail, nil
+}
+
+// compile compiles the first statement of query.
+func (c *conn) compile(query string, flags uint32) (*cstmt, string, error) {
+	if strings.IndexByte(query, 0) >= 0 {
+		return nil, "", errNUL
+	}
+	z, err := libc.CString(query)
+	if err != nil {
+		return nil, "", err
+	}
+	defer libc.Xfree(c.tls, z)
+	if cacheable(query) {
+		flags |= sqlite3.SQLITE_PREPARE_PERSISTENT
+	}
+	pp, ptail := c.out, c.out+8
+	if rc := sqlite3.Xsqlite3_prepare_v3(c.tls, c.db, z, -1, flags, pp, ptail); rc != sqlite3.SQLITE_OK {
+		return nil, "", c.errorFor(rc)
+	}
+	p := *(*uintptr)(cptr(pp))
+	consumed := int(*(*uintptr)(cptr(ptail)) - z)
+	tail := ""
+	if consumed < len(query) && !onlyComments(query[consumed:]) {
+		tail = query[consumed:]
+	}
+	return &cstmt{p: p, query: query, compiles: 1, colsAt: -1}, tail, nil
+}
+
+// own returns a statement the driver itself runs (the pragmas of read-only
+// transactions), compiled once per connection.
+func (c *conn) own(query string) (*cstmt, error) {
+	if s, ok := c.cache.own[query]; ok {
+		return s, nil
+	}
+	s, _, err := c.compile(query, sqlite3.SQLITE_PREPARE_PERSISTENT)
+	if err != nil {
+		return nil, err
+	}
+	s.cached = true
+	c.cache.own[query] = s
+	return s, nil
+}
+
+// done returns a statement after use: reset for the next, or finalized.
+// Only the text and blob parameters are unbound, since their memory is
+// freed; the others keep their values, so that SQLite does not plan again
+// a statement whose plan depends on one (see the package documentation).
+func (c *conn) done(s *cstmt) {
+	s.busy = false
+	if s.p == 0 {
+		return
+	}
+	if !s.cached {
+		sqlite3.Xsqlite3_finalize(c.tls, s.p)
+		s.p = 0
+		return
+	}
+	sqlite3.Xsqlite3_reset(c.tls, s.p)
+	for _, idx := range s.unbind {
+		sqlite3.Xsqlite3_bind_null(c.tls, s.p, idx)
+	}
+	s.unbind = s.unbind[:0]
+}
+
+// CacheStats describes the statement cache of one connection.
+type CacheStats struct {
+	// File is the connection's database file ("" for a memory database).
+	File string
+	// Hits counts statements taken from the cache, Misses statements
+	// compiled, Evictions statements that left the cache.
+	Hits, Misses, Evictions uint64
+	// Statements lists the cached statements, most used first.
+	Statements []StatementStats
+}
+
+// StatementStats describes one cached statement.
+type StatementStats struct {
+	SQL string
+	// Compiles counts how often the driver compiled this text on the
+	// connection, including before an eviction (as far as the cache
+	// remembers evicted texts).
+	Compiles uint64
+	// Hits counts the uses served by the compiled statement.
+	Hits uint64
+	// Reprepares and Runs are SQLite's counters of the statement
+	// (SQLITE_STMTSTATUS_REPREPARE, SQLITE_STMTSTATUS_RUN): how often
+	// SQLite compiled it again (after a schema change, or because a new
+	// bound value may change its plan), and how often it ran.
+	Reprepares, Runs int
+}
+
+// stats snapshots the cache; the caller holds c.mu.
+func (c *conn) stats() CacheStats {
+	k := &c.cache
+	st := CacheStats{Hits: k.hits, Misses: k.misses, Evictions: k.evictions}
+	if c.closed {
+		return st
+	}
+	main, _ := libc.CString("main")
+	st.File = libc.GoString(sqlite3.Xsqlite3_db_filename(c.tls, c.db, main))
+	libc.Xfree(c.tls, main)
+	for _, s := range k.m {
+		if s.p == 0 {
+			continue
+		}
+		st.Statements = append(st.Statements, StatementStats{
+			SQL:        s.query,
+			Compiles:   s.compiles,
+			Hits:       s.hits,
+			Reprepares: int(sqlite3.Xsqlite3_stmt_status(c.tls, s.p, sqlite3.SQLITE_STMTSTATUS_REPREPARE, 0)),
+			Runs:       int(sqlite3.Xsqlite3_stmt_status(c.tls, s.p, sqlite3.SQLITE_STMTSTATUS_RUN, 0)),
+		})
+	}
+	sort.Slice(st.Statements, func(i, j int) bool {
+		a, b := st.Statements[i], st.Statements[j]
+		if a.Runs != b.Runs {
+			return a.Runs > b.Runs
+		}
+		return a.SQL < b.SQL
+	})
+	return st
+}
+
+// Stats returns the statement cache statistics of a connection of this
+// driver: driverConn is the value (*sql.Conn).Raw passes to its function.
+// ok is false for another driver's connection.
+func Stats(driverConn any) (st CacheStats, ok bool) {
+	c, ok := driverConn.(*conn)
+	if !ok {
+		return CacheStats{}, false
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.stats(), true
+}
+
+// AllStats returns the statement cache statistics of every open connection
+// of this driver whose database file is file (every connection when file is
+// ""). It waits for each connection's call in progress to end.
+func AllStats(file string) []CacheStats {
+	var out []CacheStats
+	for _, c := range liveConns() {
+		c.mu.Lock()
+		st := c.stats()
+		c.mu.Unlock()
+		if !c.closed && (file == "" || st.File == file) {
+			out = append(out, st)
+		}
+	}
+	return out
+}
