@@ -27,11 +27,13 @@ const ghostSize = 512
 type cstmt struct {
 	p         uintptr
 	query     string
-	cacheable bool // DML, a query or transaction control
-	cached    bool // in the cache (else finalized after its use)
-	protected bool // in the protected segment
-	busy      bool // a Rows is reading it
-	unbind    []int32
+	cacheable bool    // DML, a query or transaction control
+	cached    bool    // in the cache (else finalized after its use)
+	protected bool    // in the protected segment
+	busy      bool    // a Rows is reading it
+	unbind    []int32 // the parameters bound to block
+	block     uintptr // C memory of the text and blob arguments
+	blockSize int
 
 	// Column names and declared types, and the SQLite recompilation count
 	// at which they were read.
@@ -53,7 +55,6 @@ type cache struct {
 	nProt     int
 	nProb     int
 	off       bool // while the connection opens: cache nothing
-	own       map[string]*cstmt
 	ghosts    map[string]uint64
 	hits      uint64
 	misses    uint64
@@ -62,7 +63,6 @@ type cache struct {
 
 func (k *cache) init() {
 	k.m = map[string]*cstmt{}
-	k.own = map[string]*cstmt{}
 	k.ghosts = map[string]uint64{}
 	k.prot.prev, k.prot.next = &k.prot, &k.prot
 	k.prob.prev, k.prob.next = &k.prob, &k.prob
@@ -120,23 +120,17 @@ func (k *cache) evict(c *conn, s *cstmt) {
 	}
 	k.ghosts[s.query] = s.compiles
 	if !s.busy { // else the Rows reading it finalizes it
-		sqlite3.Xsqlite3_finalize(c.tls, s.p)
-		s.p = 0
+		c.finalize(s)
 	}
 }
 
 // finalizeAll finalizes every statement, when the connection closes.
 func (k *cache) finalizeAll(c *conn) {
-	for _, m := range []map[string]*cstmt{k.m, k.own} {
-		for _, s := range m {
-			s.cached = false
-			if s.p != 0 {
-				sqlite3.Xsqlite3_finalize(c.tls, s.p)
-			}
-			s.p = 0 // a Rows still reading it finds it gone
-		}
+	for _, s := range k.m {
+		s.cached = false
+		c.finalize(s) // a Rows still reading it finds it gone
 	}
-	k.m, k.own = nil, nil
+	k.m = nil
 }
 
 // cacheable reports whether a text may be cached: DML, queries and
@@ -241,40 +235,47 @@ func (c *conn) compile(query string, flags uint32) (*cstmt, string, error) {
 	return &cstmt{p: p, query: query, compiles: 1, colsAt: -1}, tail, nil
 }
 
-// own returns a statement the driver itself runs (the pragmas of read-only
-// transactions), compiled once per connection.
-func (c *conn) own(query string) (*cstmt, error) {
-	if s, ok := c.cache.own[query]; ok {
-		return s, nil
-	}
-	s, _, err := c.compile(query, sqlite3.SQLITE_PREPARE_PERSISTENT)
-	if err != nil {
-		return nil, err
-	}
-	s.cached = true
-	c.cache.own[query] = s
-	return s, nil
-}
+// keepBound is the size up to which the text and blob arguments of a
+// cached statement stay bound after its use.
+const keepBound = 64 << 10
 
 // done returns a statement after use: reset for the next, or finalized.
-// Only the text and blob parameters are unbound, since their memory is
-// freed; the others keep their values, so that SQLite does not plan again
-// a statement whose plan depends on one (see the package documentation).
+//
+// The parameters of a cached statement keep their values: unbinding one
+// (sqlite3_clear_bindings, or binding NULL) makes SQLite plan the statement
+// again at its next run whenever its plan depends on the value, which
+// since SQLite 3.54 includes "col = ?" with ORDER BY or a join, LIMIT ?,
+// and a text key compared with a NULL. Only text and blob arguments larger
+// than keepBound in all are unbound, to free their memory at once.
 func (c *conn) done(s *cstmt) {
 	s.busy = false
 	if s.p == 0 {
 		return
 	}
 	if !s.cached {
-		sqlite3.Xsqlite3_finalize(c.tls, s.p)
-		s.p = 0
+		c.finalize(s)
 		return
 	}
 	sqlite3.Xsqlite3_reset(c.tls, s.p)
-	for _, idx := range s.unbind {
-		sqlite3.Xsqlite3_bind_null(c.tls, s.p, idx)
+	if s.blockSize > keepBound {
+		for _, idx := range s.unbind {
+			sqlite3.Xsqlite3_bind_null(c.tls, s.p, idx)
+		}
+		s.unbind = s.unbind[:0]
+		c.free(s.block)
+		s.block, s.blockSize = 0, 0
 	}
-	s.unbind = s.unbind[:0]
+}
+
+// finalize ends a statement and frees its arguments.
+func (c *conn) finalize(s *cstmt) {
+	if s.p != 0 {
+		sqlite3.Xsqlite3_finalize(c.tls, s.p)
+		s.p = 0
+	}
+	c.free(s.block)
+	s.block, s.blockSize = 0, 0
+	s.unbind = nil
 }
 
 // CacheStats describes the statement cache of one connection.

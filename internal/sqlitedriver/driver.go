@@ -49,8 +49,8 @@
 //
 // # Transactions
 //
-// BeginTx honours ReadOnly (the transaction runs with PRAGMA query_only, and
-// takes no write lock at BEGIN) and accepts the default and serializable
+// BeginTx honours ReadOnly (statements that would write are refused with
+// SQLITE_READONLY, and BEGIN takes no write lock) and accepts the default and serializable
 // isolation levels, which is what SQLite provides; other levels are refused.
 // When SQLite rolls a transaction back by itself (an interrupted write, an
 // I/O error, a full disk), the driver notices: later statements of that
@@ -138,9 +138,8 @@ type conn struct {
 	// the error after which SQLite left that transaction by itself.
 	inTx  bool
 	txErr error
-	// queryOnly is set while a read-only transaction has switched on
-	// PRAGMA query_only, to be switched off at its end.
-	queryOnly bool
+	// readOnly is set while a read-only transaction is open.
+	readOnly bool
 }
 
 func open(dsn string) (*conn, error) {
@@ -281,14 +280,15 @@ func (c *conn) noteErr(err error) {
 	}
 }
 
-// bind binds args; the returned C memory must be freed after the
-// statement has run, and the text and blob parameters unbound before.
-func (c *conn) bind(s *cstmt, args []driver.NamedValue) (uintptr, error) {
+// bind binds args. Text and blob arguments are copied to one block of C
+// memory that the statement keeps until its next bind (or its end), so
+// that a text parameter goes from one value to the next without passing
+// through NULL; see done.
+func (c *conn) bind(s *cstmt, args []driver.NamedValue) error {
 	n := int(sqlite3.Xsqlite3_bind_parameter_count(c.tls, s.p))
 	if len(args) != n {
-		return 0, fmt.Errorf("sqlitedriver: statement takes %d arguments, got %d", n, len(args))
+		return fmt.Errorf("sqlitedriver: statement takes %d arguments, got %d", n, len(args))
 	}
-	// One block of C memory holds every text and blob argument.
 	size, texts := 0, 0
 	var times []string
 	for _, a := range args {
@@ -307,22 +307,36 @@ func (c *conn) bind(s *cstmt, args []driver.NamedValue) (uintptr, error) {
 		}
 	}
 	if size > math.MaxInt32 {
-		return 0, errors.New("sqlitedriver: value too large")
+		return errors.New("sqlitedriver: value too large")
 	}
-	var block uintptr
+	old := s.block
+	s.block, s.blockSize = 0, 0
 	if texts > 0 {
 		// Never NULL, so that an empty text stays '' and not NULL.
-		if block = libc.Xmalloc(c.tls, uint64(max(size, 1))); block == 0 {
-			return 0, errors.New("sqlitedriver: out of memory")
+		if s.block = libc.Xmalloc(c.tls, uint64(max(size, 1))); s.block == 0 {
+			s.block = old
+			return errors.New("sqlitedriver: out of memory")
 		}
+		s.blockSize = size
 	}
+	err := c.bindArgs(s, args, times)
+	if err != nil {
+		// Some parameters may still point into the old block.
+		sqlite3.Xsqlite3_clear_bindings(c.tls, s.p)
+		s.unbind = s.unbind[:0]
+	}
+	c.free(old)
+	return err
+}
+
+func (c *conn) bindArgs(s *cstmt, args []driver.NamedValue, times []string) error {
 	off := 0
-	put := func(s string) uintptr {
-		p := block + uintptr(off)
-		if len(s) > 0 {
-			copy(unsafe.Slice((*byte)(cptr(p)), len(s)), s)
+	put := func(v string) uintptr {
+		p := s.block + uintptr(off)
+		if len(v) > 0 {
+			copy(unsafe.Slice((*byte)(cptr(p)), len(v)), v)
 		}
-		off += len(s)
+		off += len(v)
 		return p
 	}
 	s.unbind = s.unbind[:0]
@@ -334,7 +348,7 @@ func (c *conn) bind(s *cstmt, args []driver.NamedValue) (uintptr, error) {
 		if a.Name != "" {
 			var err error
 			if idx, err = c.paramIndex(s, a.Name); err != nil {
-				return block, err
+				return err
 			}
 		}
 		var rc int32
@@ -367,13 +381,13 @@ func (c *conn) bind(s *cstmt, args []driver.NamedValue) (uintptr, error) {
 			s.unbind = append(s.unbind, idx)
 			rc = sqlite3.Xsqlite3_bind_text(c.tls, s.p, idx, put(t), int32(len(t)), sqlite3.SQLITE_STATIC)
 		default:
-			return block, fmt.Errorf("sqlitedriver: cannot bind %T", a.Value)
+			return fmt.Errorf("sqlitedriver: cannot bind %T", a.Value)
 		}
 		if rc != sqlite3.SQLITE_OK {
-			return block, c.errorFor(rc)
+			return c.errorFor(rc)
 		}
 	}
-	return block, nil
+	return nil
 }
 
 // timeFormat is how a time.Time is bound, as text in UTC.
@@ -419,13 +433,16 @@ func (c *conn) exec(ctx context.Context, query string, args []driver.NamedValue)
 			query = tail
 			continue
 		}
+		if err := c.checkReadOnly(s); err != nil {
+			c.done(s)
+			return nil, err
+		}
 		before := sqlite3.Xsqlite3_total_changes64(c.tls, c.db)
-		block, err := c.bind(s, args)
+		err = c.bind(s, args)
 		if err == nil {
 			err = c.run(s)
 		}
 		c.done(s)
-		c.free(block)
 		if err != nil {
 			c.noteErr(err)
 			return nil, c.ctxErr(ctx, err)
@@ -554,47 +571,21 @@ func (c *conn) BeginTx(ctx context.Context, opts driver.TxOptions) (driver.Tx, e
 	if _, err := c.exec(ctx, begin, nil); err != nil {
 		return nil, err
 	}
-	if opts.ReadOnly {
-		on, err := c.pragmaInt("PRAGMA query_only")
-		if err == nil && on == 0 {
-			if _, err = c.pragmaInt("PRAGMA query_only = 1"); err == nil {
-				c.queryOnly = true
-			}
-		}
-		if err != nil {
-			c.exec(context.Background(), "ROLLBACK", nil)
-			return nil, err
-		}
-	}
-	c.inTx, c.txErr = true, nil
+	c.inTx, c.txErr, c.readOnly = true, nil, opts.ReadOnly
 	return tx{c}, nil
 }
 
-// pragmaInt runs a pragma of the driver's own and returns the first column
-// of its first row, 0 if there is none.
-func (c *conn) pragmaInt(query string) (int64, error) {
-	s, err := c.own(query)
-	if err != nil {
-		return 0, err
-	}
-	defer c.done(s)
-	switch rc := sqlite3.Xsqlite3_step(c.tls, s.p); rc {
-	case sqlite3.SQLITE_ROW:
-		return sqlite3.Xsqlite3_column_int64(c.tls, s.p, 0), nil
-	case sqlite3.SQLITE_DONE:
-		return 0, nil
-	default:
-		return 0, c.errorFor(rc)
-	}
-}
+// endTx ends the transaction's bookkeeping.
+func (c *conn) endTx() { c.inTx, c.txErr, c.readOnly = false, nil, false }
 
-// endTx ends the transaction's bookkeeping: query_only goes back off.
-func (c *conn) endTx() {
-	c.inTx, c.txErr = false, nil
-	if c.queryOnly {
-		c.queryOnly = false
-		c.pragmaInt("PRAGMA query_only = 0")
+// checkReadOnly refuses, in a read-only transaction, a statement that
+// writes. (PRAGMA query_only would do it too, but switching it makes SQLite
+// recompile every statement of the connection.)
+func (c *conn) checkReadOnly(s *cstmt) error {
+	if !c.readOnly || s.p == 0 || sqlite3.Xsqlite3_stmt_readonly(c.tls, s.p) != 0 {
+		return nil
 	}
+	return &Error{code: sqlite3.SQLITE_READONLY, msg: fmt.Sprintf("attempt to write in a read-only transaction (%d)", sqlite3.SQLITE_READONLY)}
 }
 
 // ResetSession refuses a connection left inside a transaction.

@@ -26,18 +26,19 @@ func (c *conn) query(ctx context.Context, query string, args []driver.NamedValue
 		c.done(s)
 		return nil, errors.New("sqlitedriver: a query must be exactly one statement")
 	}
-	s.busy = true
-	block, err := c.bind(s, args)
-	if err != nil {
+	if err := c.checkReadOnly(s); err != nil {
 		c.done(s)
-		c.free(block)
+		return nil, err
+	}
+	s.busy = true
+	if err := c.bind(s, args); err != nil {
+		c.done(s)
 		return nil, err
 	}
 	rc := sqlite3.Xsqlite3_step(c.tls, s.p)
 	if rc != sqlite3.SQLITE_ROW && rc != sqlite3.SQLITE_DONE {
 		err := c.errorFor(rc)
 		c.done(s)
-		c.free(block)
 		c.noteErr(err)
 		return nil, c.ctxErr(ctx, err)
 	}
@@ -45,7 +46,7 @@ func (c *conn) query(ctx context.Context, query string, args []driver.NamedValue
 		c.ensureBusyHandler()
 	}
 	c.columns(s)
-	return &rows{c: c, s: s, block: block, ctx: ctx, first: rc, cols: s.cols, decl: s.decl}, nil
+	return &rows{c: c, s: s, ctx: ctx, first: rc, cols: s.cols, decl: s.decl}, nil
 }
 
 // columns reads the statement's column names and declared types, unless
@@ -67,7 +68,6 @@ func (c *conn) columns(s *cstmt) {
 type rows struct {
 	c      *conn
 	s      *cstmt
-	block  uintptr
 	ctx    context.Context
 	first  int32 // the result of the step query took, for the first Next
 	cols   []string
@@ -91,7 +91,6 @@ func (r *rows) Close() error {
 	r.closed = true
 	if !c.closed {
 		c.done(r.s)
-		c.free(r.block)
 	}
 	return nil
 }
