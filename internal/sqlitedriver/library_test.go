@@ -154,7 +154,8 @@ func TestLibraryCompilesHotStatementsOnce(t *testing.T) {
 		require.NotZero(t, seen[kind], "no hot %s statement", kind)
 	}
 	require.Greater(t, hot, 10)
-	require.Greater(t, hits, 20*misses, "cache hits against compilations")
+	// Misses include the checkpointer's PRAGMA wal_checkpoint, never cached.
+	require.Greater(t, hits, 10*misses, "cache hits against compilations")
 }
 
 // A small GORM application of its own on the library's file, through
