@@ -357,9 +357,9 @@ func AllStats(file string) []CacheStats {
 	var out []CacheStats
 	for _, c := range liveConns() {
 		c.mu.Lock()
-		st := c.stats()
+		st, closed := c.stats(), c.closed
 		c.mu.Unlock()
-		if !c.closed && (file == "" || st.File == file) {
+		if !closed && (file == "" || st.File == file) {
 			out = append(out, st)
 		}
 	}

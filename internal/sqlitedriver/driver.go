@@ -31,7 +31,7 @@
 // # Contexts, interrupts and busy waits
 //
 // A statement's context is checked by a progress handler while that
-// statement runs (every few thousand virtual machine steps), so a cancelled
+// statement runs (every thousand virtual machine steps), so a cancelled
 // context ends only the statement it belongs to: a Rows open on the same
 // connection, or a ROLLBACK issued afterwards, are not affected, as they
 // would be by sqlite3_interrupt. The error then satisfies
