@@ -80,7 +80,7 @@ func pushFront(head, s *cstmt) {
 }
 
 // touch records a use of a cached statement.
-func (k *cache) touch(s *cstmt) {
+func (k *cache) touch(c *conn, s *cstmt) {
 	unlink(s)
 	if s.protected {
 		pushFront(&k.prot, s)
@@ -90,6 +90,7 @@ func (k *cache) touch(s *cstmt) {
 	s.protected = true
 	pushFront(&k.prot, s)
 	k.nProt++
+	k.balance(c)
 }
 
 // balance keeps the segments within their sizes, finalizing what leaves
@@ -186,7 +187,7 @@ func (c *conn) prepare(query string) (*cstmt, string, error) {
 	if s, ok := k.m[query]; ok && !s.busy {
 		k.hits++
 		s.hits++
-		k.touch(s)
+		k.touch(c, s)
 		return s, "", nil
 	}
 	k.misses++

@@ -269,7 +269,8 @@ func (c *conn) checkTx() error {
 	if c.txErr == nil {
 		c.txErr = errors.New("the transaction ended")
 	}
-	return fmt.Errorf("%w (after: %w)", ErrTxRolledBack, c.txErr)
+	// The cause is named, not wrapped: it is not this statement's error.
+	return fmt.Errorf("%w (after: %v)", ErrTxRolledBack, c.txErr)
 }
 
 // noteErr records, for a statement of an open transaction that failed,
