@@ -401,6 +401,13 @@ func TestBusyWaitEndsWithContext(t *testing.T) {
 		_, err := conn.ExecContext(ctx, `BEGIN IMMEDIATE`)
 		return err
 	})
+	check("BeginTx", func(ctx context.Context) error {
+		tx, err := b.BeginTx(ctx, nil)
+		if err == nil {
+			tx.Rollback()
+		}
+		return err
+	})
 	check("INSERT", func(ctx context.Context) error {
 		_, err := conn.ExecContext(ctx, `INSERT INTO t VALUES (2)`)
 		return err
