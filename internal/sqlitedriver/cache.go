@@ -28,6 +28,7 @@ type cstmt struct {
 	p         uintptr
 	query     string
 	cacheable bool    // DML, a query or transaction control
+	kind      int     // kindWrite, kindRead...
 	cached    bool    // in the cache (else finalized after its use)
 	protected bool    // in the protected segment
 	busy      bool    // a Rows is reading it
@@ -134,21 +135,38 @@ func (k *cache) finalizeAll(c *conn) {
 	k.m = nil
 }
 
-// cacheable reports whether a text may be cached: DML, queries and
-// transaction control, judged by the first keyword.
-func cacheable(query string) bool {
+// Kinds of statement, by their first keyword.
+const (
+	kindOther = iota // DDL, PRAGMA, ATTACH, VACUUM...: never cached
+	kindWrite        // INSERT, UPDATE, DELETE, REPLACE: counts changes
+	kindRead         // SELECT, VALUES: changes nothing
+	kindTx           // transaction control: changes nothing
+	kindWith         // WITH: either a read or a write
+)
+
+// kindOf judges a statement by its first keyword.
+func kindOf(query string) int {
 	q := skipComments(query)
 	end := 0
 	for end < len(q) && (q[end] >= 'a' && q[end] <= 'z' || q[end] >= 'A' && q[end] <= 'Z') {
 		end++
 	}
 	switch strings.ToUpper(q[:end]) {
-	case "SELECT", "INSERT", "UPDATE", "DELETE", "REPLACE", "WITH", "VALUES",
-		"BEGIN", "COMMIT", "END", "ROLLBACK", "SAVEPOINT", "RELEASE":
-		return true
+	case "INSERT", "UPDATE", "DELETE", "REPLACE":
+		return kindWrite
+	case "SELECT", "VALUES":
+		return kindRead
+	case "BEGIN", "COMMIT", "END", "ROLLBACK", "SAVEPOINT", "RELEASE":
+		return kindTx
+	case "WITH":
+		return kindWith
 	}
-	return false
+	return kindOther
 }
+
+// cacheable reports whether a text may be cached: DML, queries and
+// transaction control.
+func cacheable(query string) bool { return kindOf(query) != kindOther }
 
 // skipComments returns s after its leading whitespace, comments and
 // semicolons.
@@ -195,7 +213,6 @@ func (c *conn) prepare(query string) (*cstmt, string, error) {
 	if err != nil {
 		return nil, "", err
 	}
-	s.cacheable = cacheable(query)
 	if s.p != 0 && tail == "" && s.cacheable && !k.off {
 		if _, taken := k.m[query]; !taken {
 			s.compiles += k.ghosts[query]
@@ -220,7 +237,8 @@ func (c *conn) compile(query string, flags uint32) (*cstmt, string, error) {
 		return nil, "", err
 	}
 	defer libc.Xfree(c.tls, z)
-	if cacheable(query) {
+	kind := kindOf(query)
+	if kind != kindOther {
 		flags |= sqlite3.SQLITE_PREPARE_PERSISTENT
 	}
 	pp, ptail := c.out, c.out+8
@@ -233,7 +251,7 @@ func (c *conn) compile(query string, flags uint32) (*cstmt, string, error) {
 	if consumed < len(query) && !onlyComments(query[consumed:]) {
 		tail = query[consumed:]
 	}
-	return &cstmt{p: p, query: query, compiles: 1, colsAt: -1}, tail, nil
+	return &cstmt{p: p, query: query, kind: kind, cacheable: kind != kindOther, compiles: 1, colsAt: -1}, tail, nil
 }
 
 // keepBound is the size up to which the text and blob arguments of a

@@ -438,7 +438,10 @@ func (c *conn) exec(ctx context.Context, query string, args []driver.NamedValue)
 			c.done(s)
 			return nil, err
 		}
-		before := sqlite3.Xsqlite3_total_changes64(c.tls, c.db)
+		var before int64
+		if s.kind == kindWith || s.kind == kindOther {
+			before = sqlite3.Xsqlite3_total_changes64(c.tls, c.db)
+		}
 		err = c.bind(s, args)
 		if err == nil {
 			err = c.run(s)
@@ -452,8 +455,13 @@ func (c *conn) exec(ctx context.Context, query string, args []driver.NamedValue)
 		// DELETE; a statement that changed nothing (DDL, a SELECT)
 		// reports 0.
 		res = result{lastID: int64(sqlite3.Xsqlite3_last_insert_rowid(c.tls, c.db))}
-		if sqlite3.Xsqlite3_total_changes64(c.tls, c.db) != before {
+		switch s.kind {
+		case kindWrite:
 			res.changes = int64(sqlite3.Xsqlite3_changes64(c.tls, c.db))
+		case kindWith, kindOther:
+			if sqlite3.Xsqlite3_total_changes64(c.tls, c.db) != before {
+				res.changes = int64(sqlite3.Xsqlite3_changes64(c.tls, c.db))
+			}
 		}
 		if !s.cacheable {
 			// A PRAGMA busy_timeout puts SQLite's own busy handler back.
