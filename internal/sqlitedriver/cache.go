@@ -144,14 +144,21 @@ const (
 	kindWith         // WITH: either a read or a write
 )
 
-// kindOf judges a statement by its first keyword.
-func kindOf(query string) int {
+// keyword returns the first keyword of query, in upper case, and the
+// text after it.
+func keyword(query string) (string, string) {
 	q := skipComments(query)
 	end := 0
 	for end < len(q) && (q[end] >= 'a' && q[end] <= 'z' || q[end] >= 'A' && q[end] <= 'Z') {
 		end++
 	}
-	switch strings.ToUpper(q[:end]) {
+	return strings.ToUpper(q[:end]), q[end:]
+}
+
+// kindOf judges a statement by its first keyword.
+func kindOf(query string) int {
+	first, _ := keyword(query)
+	switch first {
 	case "INSERT", "UPDATE", "DELETE", "REPLACE":
 		return kindWrite
 	case "SELECT", "VALUES":

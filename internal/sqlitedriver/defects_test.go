@@ -525,3 +525,52 @@ func TestTimeColumnsAndDeclaredTypes(t *testing.T) {
 	require.Equal(t, "not a time", n)
 	require.NoError(t, rows.Close())
 }
+
+// The same for a transaction begun as a statement on a connection, as the
+// store's group writer does: after SQLite rolled it back by itself, its
+// statements fail until ROLLBACK (which then succeeds) or BEGIN.
+func TestStatementTxRolledBackBySQLite(t *testing.T) {
+	t.Parallel()
+	conn, db, _ := oneConn(t, "")
+	ctx := context.Background()
+	_, err := conn.ExecContext(ctx, `CREATE TABLE t (x INTEGER)`)
+	require.NoError(t, err)
+	for _, end := range []string{"ROLLBACK", "COMMIT", "BEGIN IMMEDIATE"} {
+		_, err = conn.ExecContext(ctx, `BEGIN IMMEDIATE`)
+		require.NoError(t, err)
+		_, err = conn.ExecContext(ctx, `SAVEPOINT w`)
+		require.NoError(t, err)
+		_, err = conn.ExecContext(ctx, `INSERT INTO t VALUES (1)`)
+		require.NoError(t, err)
+		tctx, cancel := context.WithTimeout(ctx, 50*time.Millisecond)
+		_, err = conn.ExecContext(tctx, `INSERT INTO t WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x+1 FROM c) SELECT x FROM c`)
+		cancel()
+		require.ErrorIs(t, err, context.DeadlineExceeded)
+
+		_, err = conn.ExecContext(ctx, `INSERT INTO t VALUES (2)`)
+		require.ErrorIs(t, err, ErrTxRolledBack, end)
+		_, err = conn.ExecContext(ctx, `ROLLBACK TO w`)
+		require.ErrorIs(t, err, ErrTxRolledBack, end)
+		_, err = conn.QueryContext(ctx, `SELECT x FROM t`)
+		require.ErrorIs(t, err, ErrTxRolledBack, end)
+		switch end {
+		case "ROLLBACK":
+			_, err = conn.ExecContext(ctx, end)
+			require.NoError(t, err)
+		case "COMMIT":
+			_, err = conn.ExecContext(ctx, end)
+			require.ErrorIs(t, err, ErrTxRolledBack)
+		default:
+			_, err = conn.ExecContext(ctx, end)
+			require.NoError(t, err)
+			_, err = conn.ExecContext(ctx, `INSERT INTO t VALUES (3)`)
+			require.NoError(t, err)
+			_, err = conn.ExecContext(ctx, `COMMIT`)
+			require.NoError(t, err)
+		}
+	}
+	require.NoError(t, conn.Close())
+	var n int
+	require.NoError(t, db.QueryRow(`SELECT count(*) FROM t`).Scan(&n))
+	require.Equal(t, 1, n, "only the row of the new transaction")
+}

@@ -53,9 +53,11 @@
 // SQLITE_READONLY, and BEGIN takes no write lock) and accepts the default and serializable
 // isolation levels, which is what SQLite provides; other levels are refused.
 // When SQLite rolls a transaction back by itself (an interrupted write, an
-// I/O error, a full disk), the driver notices: later statements of that
-// transaction fail with ErrTxRolledBack instead of running in autocommit
-// mode, Commit fails with it, and Rollback succeeds. A connection that is
+// I/O error, a full disk), the driver notices, whether the transaction was
+// begun with BeginTx or as a BEGIN statement on a connection: later
+// statements of that transaction fail with ErrTxRolledBack instead of
+// running in autocommit mode and committing one by one; COMMIT (or Commit)
+// fails with it, ROLLBACK (or Rollback) succeeds, and BEGIN starts afresh. A connection that is
 // still inside a transaction when database/sql would reuse it (a ROLLBACK
 // that failed, a BEGIN run by hand) is reported invalid and discarded, and
 // Rollback returns driver.ErrBadConn when it leaves the connection inside
@@ -134,10 +136,14 @@ type conn struct {
 	// calls on the goroutine of that call, read it.
 	ctx context.Context
 
-	// inTx is set while a driver.Tx of the connection is open; txErr is
-	// the error after which SQLite left that transaction by itself.
-	inTx  bool
-	txErr error
+	// inTx is set while a driver.Tx of the connection is open. txOpen
+	// records whether SQLite was inside a transaction after the last
+	// statement, however it was begun (BeginTx, or BEGIN run as a
+	// statement); txErr is the error after which SQLite left such a
+	// transaction by itself, kept until the transaction is ended.
+	inTx   bool
+	txOpen bool
+	txErr  error
 	// readOnly is set while a read-only transaction is open.
 	readOnly bool
 }
@@ -258,27 +264,43 @@ func (c *conn) enter(ctx context.Context) error {
 // leave ends a call begun with enter.
 func (c *conn) leave() { c.ctx = nil }
 
-// checkTx fails a statement of a transaction SQLite has already left.
-func (c *conn) checkTx() error {
-	if !c.inTx {
-		return nil
-	}
-	if c.txErr == nil && sqlite3.Xsqlite3_get_autocommit(c.tls, c.db) == 0 {
-		return nil
-	}
+// checkTx refuses the statements of a transaction SQLite has already left
+// by itself, until the transaction is ended: ROLLBACK then succeeds without
+// running (skip), COMMIT fails, BEGIN starts afresh.
+func (c *conn) checkTx(query string) (skip bool, err error) {
 	if c.txErr == nil {
-		c.txErr = errors.New("the transaction ended")
+		return false, nil
+	}
+	lost := fmt.Errorf("%w (after: %v)", ErrTxRolledBack, c.txErr)
+	first, rest := keyword(query)
+	switch first {
+	case "BEGIN":
+		c.txErr = nil
+		return false, nil
+	case "ROLLBACK":
+		if second, _ := keyword(rest); second != "TO" && !strings.HasPrefix(strings.ToUpper(skipComments(rest)), "TRANSACTION TO") {
+			c.txErr = nil
+			return true, nil
+		}
+	case "COMMIT", "END":
+		c.txErr = nil
 	}
 	// The cause is named, not wrapped: it is not this statement's error.
-	return fmt.Errorf("%w (after: %v)", ErrTxRolledBack, c.txErr)
+	return false, lost
 }
 
-// noteErr records, for a statement of an open transaction that failed,
-// whether SQLite rolled the transaction back with it.
-func (c *conn) noteErr(err error) {
-	if err != nil && c.inTx && c.txErr == nil && sqlite3.Xsqlite3_get_autocommit(c.tls, c.db) != 0 {
+// after records the transaction state after a statement: a transaction
+// that was open and is no longer, without a statement that ends one, was
+// rolled back by SQLite (an interrupted write, an I/O error, a full disk).
+func (c *conn) after(kind int, err error) {
+	open := sqlite3.Xsqlite3_get_autocommit(c.tls, c.db) == 0
+	if c.txOpen && !open && kind != kindTx && c.txErr == nil {
+		if err == nil {
+			err = errors.New("the transaction ended")
+		}
 		c.txErr = err
 	}
+	c.txOpen = open
 }
 
 // bind binds args. Text and blob arguments are copied to one block of C
@@ -447,8 +469,8 @@ func (c *conn) exec(ctx context.Context, query string, args []driver.NamedValue)
 			err = c.run(s)
 		}
 		c.done(s)
+		c.after(s.kind, err)
 		if err != nil {
-			c.noteErr(err)
 			return nil, c.ctxErr(ctx, err)
 		}
 		// sqlite3_changes64 keeps the count of the last INSERT, UPDATE or
@@ -510,8 +532,8 @@ func (c *conn) ExecContext(ctx context.Context, query string, args []driver.Name
 		return nil, err
 	}
 	defer c.leave()
-	if err := c.checkTx(); err != nil {
-		return nil, err
+	if skip, err := c.checkTx(query); skip || err != nil {
+		return result{}, err
 	}
 	return c.exec(ctx, query, args)
 }
@@ -523,7 +545,7 @@ func (c *conn) QueryContext(ctx context.Context, query string, args []driver.Nam
 		return nil, err
 	}
 	defer c.leave()
-	if err := c.checkTx(); err != nil {
+	if _, err := c.checkTx(query); err != nil {
 		return nil, err
 	}
 	return c.query(ctx, query, args)
@@ -573,6 +595,9 @@ func (c *conn) BeginTx(ctx context.Context, opts driver.TxOptions) (driver.Tx, e
 	if c.inTx {
 		return nil, errors.New("sqlitedriver: a transaction is already open")
 	}
+	if skip, err := c.checkTx("BEGIN"); skip || err != nil {
+		return nil, err
+	}
 	begin := c.begin
 	if opts.ReadOnly {
 		begin = "BEGIN" // a reader takes no write lock
@@ -580,7 +605,7 @@ func (c *conn) BeginTx(ctx context.Context, opts driver.TxOptions) (driver.Tx, e
 	if _, err := c.exec(ctx, begin, nil); err != nil {
 		return nil, err
 	}
-	c.inTx, c.txErr, c.readOnly = true, nil, opts.ReadOnly
+	c.inTx, c.readOnly = true, opts.ReadOnly
 	return tx{c}, nil
 }
 
@@ -610,7 +635,7 @@ func (c *conn) ResetSession(context.Context) error {
 func (c *conn) IsValid() bool {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	return !c.closed && !c.inTx && sqlite3.Xsqlite3_get_autocommit(c.tls, c.db) != 0
+	return !c.closed && !c.inTx && c.txErr == nil && sqlite3.Xsqlite3_get_autocommit(c.tls, c.db) != 0
 }
 
 type tx struct{ c *conn }
@@ -622,7 +647,8 @@ func (t tx) Commit() error {
 	if c.closed {
 		return driver.ErrBadConn
 	}
-	if err := c.checkTx(); err != nil {
+	if c.txErr != nil {
+		err := fmt.Errorf("%w (after: %v)", ErrTxRolledBack, c.txErr)
 		c.endTx()
 		return err
 	}
@@ -638,7 +664,7 @@ func (t tx) Rollback() error {
 	if c.closed {
 		return driver.ErrBadConn
 	}
-	if sqlite3.Xsqlite3_get_autocommit(c.tls, c.db) != 0 {
+	if c.txErr != nil || sqlite3.Xsqlite3_get_autocommit(c.tls, c.db) != 0 {
 		c.endTx()
 		return nil // SQLite already rolled back (after an I/O error, say)
 	}

@@ -39,9 +39,10 @@ func (c *conn) query(ctx context.Context, query string, args []driver.NamedValue
 	if rc != sqlite3.SQLITE_ROW && rc != sqlite3.SQLITE_DONE {
 		err := c.errorFor(rc)
 		c.done(s)
-		c.noteErr(err)
+		c.after(s.kind, err)
 		return nil, c.ctxErr(ctx, err)
 	}
+	c.after(s.kind, nil)
 	if !s.cacheable {
 		c.ensureBusyHandler()
 	}
@@ -119,7 +120,7 @@ func (r *rows) Next(dest []driver.Value) error {
 		return io.EOF
 	default:
 		err := c.errorFor(rc)
-		c.noteErr(err)
+		c.after(r.s.kind, err)
 		return c.ctxErr(r.ctx, err)
 	}
 	for i := range dest {
