@@ -574,3 +574,39 @@ func TestStatementTxRolledBackBySQLite(t *testing.T) {
 	require.NoError(t, db.QueryRow(`SELECT count(*) FROM t`).Scan(&n))
 	require.Equal(t, 1, n, "only the row of the new transaction")
 }
+
+// A context already done when BEGIN IMMEDIATE starts: the lock is tried
+// once, without waiting; the error carries both the context's error and
+// SQLite's BUSY.
+func TestBusyWithContextAlreadyDone(t *testing.T) {
+	t.Parallel()
+	path := filepath.Join(t.TempDir(), "done.db")
+	a, err := sql.Open(DriverName, "file:"+path+"?_pragma=journal_mode(WAL)&_txlock=immediate")
+	require.NoError(t, err)
+	defer a.Close()
+	b, err := sql.Open(DriverName, "file:"+path+"?_pragma=busy_timeout(600000)")
+	require.NoError(t, err)
+	defer b.Close()
+	_, err = a.Exec(`CREATE TABLE t (x INTEGER)`)
+	require.NoError(t, err)
+	conn, err := b.Conn(context.Background())
+	require.NoError(t, err)
+	defer conn.Close()
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+
+	// The lock is free: taken.
+	_, err = conn.ExecContext(ctx, `BEGIN IMMEDIATE`)
+	require.NoError(t, err)
+	_, err = conn.ExecContext(context.Background(), `ROLLBACK`)
+	require.NoError(t, err)
+
+	tx, err := a.Begin()
+	require.NoError(t, err)
+	defer tx.Rollback()
+	_, err = conn.ExecContext(ctx, `BEGIN IMMEDIATE`)
+	require.ErrorIs(t, err, context.Canceled)
+	var se *Error
+	require.ErrorAs(t, err, &se)
+	require.Equal(t, sqlite3.SQLITE_BUSY, se.Code()&0xff)
+}

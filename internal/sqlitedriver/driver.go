@@ -44,8 +44,10 @@
 // soon as the statement's context is done: the statement (BEGIN IMMEDIATE
 // included) then returns promptly with an error that satisfies both
 // errors.Is(err, ctx.Err()) and errors.As(err, **Error) with the BUSY code.
-// A caller that wants a shorter wait than the connection's busy timeout
-// passes a context with a deadline; it need not change the timeout.
+// With a context already done when the statement starts, the lock is tried
+// once, without waiting. A caller that wants a shorter wait than the
+// connection's busy timeout passes a context with a deadline; it need not
+// change the timeout.
 //
 // # Transactions
 //
@@ -244,14 +246,15 @@ func (c *conn) Close() error {
 	return nil
 }
 
-// enter starts a call with ctx: it refuses a done context and a closed
-// connection, and makes ctx the one the handlers check.
+// enter starts a call with ctx: it refuses a closed connection, and makes
+// ctx the one the handlers check. A context that is already done does not
+// keep the call from being tried, as before this driver checked contexts
+// itself (database/sql refuses it before a call on a *sql.DB or *sql.Tx,
+// not on a *sql.Conn): the statement takes no lock it would have to wait
+// for, and is interrupted at its first progress check.
 func (c *conn) enter(ctx context.Context) error {
 	if c.closed {
 		return driver.ErrBadConn
-	}
-	if err := ctx.Err(); err != nil {
-		return err
 	}
 	c.ctx = nil
 	if ctx.Done() != nil {
