@@ -234,9 +234,9 @@ func newRepository(ctx context.Context, db *gorm.DB, file *wiring.File, rc repos
 const writerAutoCheckpoint = 4000
 
 // dialector is GORM's SQLite dialect on this library's driver, which keeps
-// statements compiled (see internal/sqlitedriver).
+// statements compiled and translates its errors (see internal/sqlitedriver).
 func dialector(dsn string) gorm.Dialector {
-	return &sqlite.Dialector{DriverName: sqlitedriver.DriverName, DSN: dsn}
+	return &sqlitedriver.Dialector{Dialector: &sqlite.Dialector{DriverName: sqlitedriver.DriverName, DSN: dsn}}
 }
 
 // dsn builds the driver's DSN. The driver, like the glebarez one, applies
