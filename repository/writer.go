@@ -51,6 +51,7 @@ type groupWriter struct {
 	stopped chan struct{}   // closed by the loop when it has ended
 	once    sync.Once
 
+	batches  atomic.Int64  // batches begun, for tests and telemetry
 	ckpt     *checkpointer // nil: SQLite checkpoints inside commits
 	tel      *telemetry.T
 	closeErr error // of the first close
@@ -216,6 +217,7 @@ func failPending(batch []*writeReq, err error) {
 
 // run runs one batch in one transaction.
 func (w *groupWriter) run(batch []*writeReq) {
+	w.batches.Add(1)
 	c := w.own
 	if c == nil {
 		var err error

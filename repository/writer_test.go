@@ -284,11 +284,14 @@ func TestWriterCloseWithRequestsQueued(t *testing.T) {
 	f.w.start()
 	holdLock(t, f.path)
 	errs := make(chan error, 5)
-	for i := range 5 {
+	go func() { errs <- f.w.do(context.Background(), insert("first")) }()
+	require.Eventually(t, func() bool { return f.w.batches.Load() == 1 }, 10*time.Second, time.Millisecond,
+		"the first write waits for the lock")
+	for i := range 4 {
 		go func() { errs <- f.w.do(context.Background(), insert(fmt.Sprint(i))) }()
 	}
-	require.Eventually(t, func() bool { return len(f.w.reqs) > 0 }, 10*time.Second, time.Millisecond,
-		"the first write waits for the lock while the others queue")
+	require.Eventually(t, func() bool { return len(f.w.reqs) == 4 }, 10*time.Second, time.Millisecond,
+		"the others queue behind it")
 	f.cancel() // what the store's Close does first
 	closed := make(chan error, 1)
 	go func() { closed <- f.w.close() }()
