@@ -90,7 +90,9 @@ func init() {
 	cmdPurge.run = runPurge
 	cmdBackup.run = runBackup
 	cmdCopy.run = runCopy
-	commands = []*command{cmdStats, cmdList, cmdShow, cmdMove, cmdRequeue, cmdPurge, cmdBackup, cmdCopy, cmdBench}
+	cmdShape.run = runShape
+	cmdServe.run = runServe
+	commands = []*command{cmdStats, cmdList, cmdShow, cmdMove, cmdRequeue, cmdPurge, cmdBackup, cmdCopy, cmdShape, cmdServe, cmdBench}
 }
 
 // withStore opens the store of cf, runs fn and closes the store.

@@ -32,6 +32,8 @@ const (
 type connFlags struct {
 	db, dsn, table string
 	json           bool
+	// opts are more options for the store (serve's meter provider).
+	opts []sqlitemeta.Option
 }
 
 // Engines.
@@ -113,15 +115,15 @@ func openStore(ctx context.Context, cmd string, cf *connFlags, create bool) (*st
 		if !ok {
 			return nil, usagef(cmd, "--dsn: cannot tell the engine; give postgres://..., \"host=... dbname=...\" or user@tcp(host:3306)/db")
 		}
-		return openServer(ctx, engine, dsn, cf.table, create)
+		return openServer(ctx, engine, dsn, cf.table, create, cf.opts...)
 	}
 	if cf.db == "" {
 		return nil, usagef(cmd, "--db: empty path")
 	}
-	return openFile(ctx, cf.db, cf.table, create)
+	return openFile(ctx, cf.db, cf.table, create, cf.opts...)
 }
 
-func openServer(ctx context.Context, engine, dsn, table string, create bool) (*store, error) {
+func openServer(ctx context.Context, engine, dsn, table string, create bool, extra ...sqlitemeta.Option) (*store, error) {
 	var d gorm.Dialector
 	if engine == enginePostgres {
 		d = postgres.Open(dsn)
@@ -144,7 +146,7 @@ func openServer(ctx context.Context, engine, dsn, table string, create bool) (*s
 		pool.Close()
 		return nil, fmt.Errorf("%w: table %q does not exist on %s", errNotFound, table, engine)
 	}
-	r, err := sqlitemeta.NewFactory(sqlitemeta.WithDB(db), sqlitemeta.WithTableName(table)).Open(ctx)
+	r, err := sqlitemeta.NewFactory(append([]sqlitemeta.Option{sqlitemeta.WithDB(db), sqlitemeta.WithTableName(table)}, extra...)...).Open(ctx)
 	if err != nil {
 		pool.Close()
 		return nil, err
@@ -154,7 +156,7 @@ func openServer(ctx context.Context, engine, dsn, table string, create bool) (*s
 	}}, nil
 }
 
-func openFile(ctx context.Context, path, table string, create bool) (*store, error) {
+func openFile(ctx context.Context, path, table string, create bool, extra ...sqlitemeta.Option) (*store, error) {
 	abs, err := filepath.Abs(path)
 	if err != nil {
 		return nil, err
@@ -177,7 +179,7 @@ func openFile(ctx context.Context, path, table string, create bool) (*store, err
 			return nil, fmt.Errorf("%w: table %q does not exist in %s", errNotFound, table, abs)
 		}
 	}
-	r, err := sqlitemeta.NewFactory(sqlitemeta.WithDatabasePath(abs), sqlitemeta.WithTableName(table)).Open(ctx)
+	r, err := sqlitemeta.NewFactory(append([]sqlitemeta.Option{sqlitemeta.WithDatabasePath(abs), sqlitemeta.WithTableName(table)}, extra...)...).Open(ctx)
 	if err != nil {
 		return nil, err
 	}
