@@ -236,7 +236,7 @@
     const parts = [el("div", { class: "detail-grid" },
       el("div", {}, el("h3", {}, "record"), fields),
       el("div", {}, el("h3", {}, "headers"), headers)),
-      el("h3", {}, "last error"), el("pre", { class: "lasterror" }, m.last_error || "-")];
+      el("h3", {}, "last error"), el("pre", { class: m.last_error ? "lasterror" : "lasterror none" }, m.last_error || "none")];
     if (actions) {
       const b = el("button", { type: "button", id: "act-move" }, "Move to another state…");
       b.addEventListener("click", () => openMove(m));
