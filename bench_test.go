@@ -1,7 +1,7 @@
 package sqlite_test
 
 // Benchmarks of the library ("lib") beside the raw database/sql baseline of
-// internal/floor ("floor"), on the same SQLite engine, schema and pragmas,
+// internal/bench/floor ("floor"), on the same SQLite engine, schema and pragmas,
 // measured in the same run. .ci/bench runs them and prints, per benchmark, the
 // median ns/op of both and floor_ns/lib_ns (the library's speed as a
 // multiple of the floor's).
@@ -38,8 +38,8 @@ import (
 	metastorage "schneider.vip/retryspool/storage/meta"
 
 	sqlitemeta "schneider.vip/retryspool/storage/meta/sqlite"
-	"schneider.vip/retryspool/storage/meta/sqlite/internal/floor"
-	"schneider.vip/retryspool/storage/meta/sqlite/internal/testdb"
+	"schneider.vip/retryspool/storage/meta/sqlite/internal/bench/floor"
+	"schneider.vip/retryspool/storage/meta/sqlite/internal/testkit/testdb"
 )
 
 // benchBackend is what the single-operation benchmarks call; the library's

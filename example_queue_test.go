@@ -11,7 +11,6 @@ import (
 	metastorage "schneider.vip/retryspool/storage/meta"
 
 	sqlitemeta "schneider.vip/retryspool/storage/meta/sqlite"
-	"schneider.vip/retryspool/storage/meta/sqlite/repository"
 )
 
 // exampleQueue opens a store in a temporary directory and fills it with
@@ -92,19 +91,19 @@ func ExampleRepository_Purge() {
 	cutoff := time.Date(2024, 5, 1, 8, 4, 0, 0, time.UTC)
 
 	// See first what would go: bounces created before 08:04.
-	n, err := r.Purge(ctx, metastorage.StateBounce, cutoff, repository.PurgeOptions{DryRun: true})
+	n, err := r.Purge(ctx, metastorage.StateBounce, cutoff, sqlitemeta.PurgeOptions{DryRun: true})
 	if err != nil {
 		log.Fatal(err)
 	}
 	fmt.Println("would purge:", n, "bounce still:", r.GetStateCount(metastorage.StateBounce))
 
 	// Keep a record of the two oldest, delete the next two.
-	n, err = r.Purge(ctx, metastorage.StateBounce, cutoff.Add(-2*time.Minute), repository.PurgeOptions{Archive: true})
+	n, err = r.Purge(ctx, metastorage.StateBounce, cutoff.Add(-2*time.Minute), sqlitemeta.PurgeOptions{Archive: true})
 	if err != nil {
 		log.Fatal(err)
 	}
 	fmt.Println("archived:", n)
-	n, err = r.Purge(ctx, metastorage.StateBounce, cutoff, repository.PurgeOptions{BatchSize: 100})
+	n, err = r.Purge(ctx, metastorage.StateBounce, cutoff, sqlitemeta.PurgeOptions{BatchSize: 100})
 	if err != nil {
 		log.Fatal(err)
 	}
@@ -124,13 +123,13 @@ func ExampleRepository_BulkMove() {
 	ctx := context.Background()
 
 	// Put every deferred message of tenant acme on hold.
-	f := repository.Filter{State: metastorage.StateDeferred, HeaderKey: "tenant", HeaderValue: "acme"}
-	n, err := r.BulkMove(ctx, f, metastorage.StateHold, repository.MoveOptions{DryRun: true})
+	f := sqlitemeta.Filter{State: metastorage.StateDeferred, HeaderKey: "tenant", HeaderValue: "acme"}
+	n, err := r.BulkMove(ctx, f, metastorage.StateHold, sqlitemeta.MoveOptions{DryRun: true})
 	if err != nil {
 		log.Fatal(err)
 	}
 	fmt.Println("would move:", n)
-	n, err = r.BulkMove(ctx, f, metastorage.StateHold, repository.MoveOptions{})
+	n, err = r.BulkMove(ctx, f, metastorage.StateHold, sqlitemeta.MoveOptions{})
 	if err != nil {
 		log.Fatal(err)
 	}

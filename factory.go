@@ -21,6 +21,7 @@ import (
 	metastorage "schneider.vip/retryspool/storage/meta"
 
 	"schneider.vip/retryspool/storage/meta/sqlite/internal/sqlitedriver"
+	"schneider.vip/retryspool/storage/meta/sqlite/internal/wiring"
 	"schneider.vip/retryspool/storage/meta/sqlite/repository"
 )
 
@@ -40,6 +41,8 @@ var (
 	ErrForeignTable   = repository.ErrForeignTable
 	ErrIteratorClosed = repository.ErrIteratorClosed
 	ErrCopyMismatch   = repository.ErrCopyMismatch
+	ErrReadOnly       = repository.ErrReadOnly
+	ErrReentrantCall  = repository.ErrReentrantCall
 
 	// ErrNotDatabase reports a database path whose file is not a SQLite
 	// database, or is truncated or corrupt. The file is left untouched.
@@ -88,7 +91,7 @@ func (f *Factory) Open(ctx context.Context) (*Repository, error) {
 	if err := c.validate(); err != nil {
 		return nil, fmt.Errorf("sqlite-meta: %w", err)
 	}
-	rc := repository.Config{TableName: c.tableName, Hooks: c.hooks, MaxGroupCommit: c.maxGroupCommit}
+	rc := repository.Config{TableName: c.tableName, Hooks: c.hooks}
 	if c.db != nil {
 		r, err := repository.New(ctx, c.db, rc)
 		if err != nil {
@@ -134,6 +137,8 @@ func openFile(ctx context.Context, c config, rc repository.Config) (*Repository,
 		return nil, translateOpen(err)
 	}
 	writePool, _ := writer.DB()
+	// The repository's group writer takes this pool's one connection
+	// for its own, for the store's life.
 	writePool.SetMaxOpenConns(1)
 	writePool.SetMaxIdleConns(1)
 	writePool.SetConnMaxIdleTime(0)
@@ -153,13 +158,14 @@ func openFile(ctx context.Context, c config, rc repository.Config) (*Repository,
 	readPool.SetMaxOpenConns(c.maxConns)
 	readPool.SetMaxIdleConns(c.maxIdle)
 
-	rc.Writer = writer
-	if c.journalMode == "WAL" {
-		rc.Checkpoint = reader
+	file := &wiring.File{
+		Writer:         writePool,
+		BusyTimeout:    time.Duration(c.busyTimeout) * time.Millisecond,
+		MaxGroupCommit: c.maxGroupCommit,
+		Checkpoint:     c.journalMode == "WAL",
+		OnClose:        func() error { return errors.Join(writePool.Close(), readPool.Close()) },
 	}
-	rc.BusyTimeout = time.Duration(c.busyTimeout) * time.Millisecond
-	rc.OnClose = func() error { return errors.Join(writePool.Close(), readPool.Close()) }
-	r, err := repository.New(ctx, reader, rc)
+	r, err := repository.New(ctx, reader.Set(wiring.Key, file), rc)
 	if err != nil {
 		return nil, translateOpen(err)
 	}
@@ -208,7 +214,7 @@ func dsn(path string, c config, writer bool) string {
 		q = append(q, "_pragma="+url.QueryEscape("temp_store(MEMORY)"))
 		if c.journalMode == "WAL" {
 			// A background checkpointer copies the WAL back after
-			// commits (see repository.Config.Checkpoint); the writer
+			// commits (see repository/checkpoint.go); the writer
 			// checkpoints itself only when the WAL outgrows this.
 			q = append(q, "_pragma="+url.QueryEscape("wal_autocheckpoint("+strconv.Itoa(writerAutoCheckpoint)+")"))
 		}

@@ -17,7 +17,7 @@ import (
 	metastorage "schneider.vip/retryspool/storage/meta"
 
 	sqlitemeta "schneider.vip/retryspool/storage/meta/sqlite"
-	"schneider.vip/retryspool/storage/meta/sqlite/internal/testdb"
+	"schneider.vip/retryspool/storage/meta/sqlite/internal/testkit/testdb"
 )
 
 // facOpen opens a backend on a fresh SQLite file with opts.

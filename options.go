@@ -28,7 +28,7 @@ const (
 	DefaultForeignKeys    = true
 	DefaultAutoVacuum     = "INCREMENTAL"
 	DefaultTableName      = model.DefaultTableName
-	DefaultMaxGroupCommit = 256
+	DefaultMaxGroupCommit = repository.DefaultMaxGroupCommit
 )
 
 var (

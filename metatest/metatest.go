@@ -16,10 +16,13 @@
 //		})
 //	}
 //
-// RunStrict adds what this library promises beyond the contract (its
-// ErrInvalidInput, the 255-byte ID limit, the storable time range, exact
-// iterator order), and RunRepository covers the batch and transaction API
-// of *repository.Repository.
+// RunStrict adds what a stricter backend such as this library promises
+// beyond the contract (an error for bad input, the longest ID, the storable
+// time range, exact iterator order), with the backend's own error and bounds
+// handed in as Limits. The package imports only the contract, testify and
+// the standard library: a backend author running it compiles nothing of
+// this library's storage (the suites of *repository.Repository's batch,
+// transaction and queue operations live with the repository's tests).
 //
 // Each subtest calls newBackend for a fresh, empty backend and closes it
 // when the subtest ends; subtests run in parallel.
@@ -95,6 +98,7 @@ const (
 type suite struct {
 	newBackend func(t *testing.T) metastorage.Backend
 	tolerate   map[Deviation]bool
+	lim        Limits // RunStrict only
 }
 
 func newSuite(newBackend func(t *testing.T) metastorage.Backend, tolerate []Deviation) *suite {

@@ -9,19 +9,47 @@ import (
 
 	"github.com/stretchr/testify/require"
 	metastorage "schneider.vip/retryspool/storage/meta"
-
-	"schneider.vip/retryspool/storage/meta/sqlite/model"
-	"schneider.vip/retryspool/storage/meta/sqlite/repository"
 )
 
-// RunStrict checks what this library promises beyond the contract: bad
-// input is refused with an error matching repository.ErrInvalidInput (and
-// changes nothing), IDs are 1 to 255 bytes of valid UTF-8 without NUL,
-// times must lie in 1677-09-21..2262-04-11, a cancelled context fails every
-// call with context.Canceled, the iterator returns messages in exact
-// (Created, ID) order, and GetStateCount exists.
-func RunStrict(t *testing.T, newBackend func(t *testing.T) metastorage.Backend) {
+// Limits are the promises beyond the contract that RunStrict holds a
+// backend to: the error it refuses bad input with and the bounds of what
+// it stores. Every field must be set.
+type Limits struct {
+	// InvalidInput is the error (matched with errors.Is) that bad input is
+	// refused with.
+	InvalidInput error
+	// IteratorClosed is the error (matched with errors.Is) that Next
+	// returns after Close.
+	IteratorClosed error
+	// MaxIDLength is the length in bytes of the longest ID.
+	MaxIDLength int
+	// MaxPolicyNameLength is the length in bytes of the longest
+	// RetryPolicyName.
+	MaxPolicyNameLength int
+	// MaxListLimit is the largest Limit ListMessages accepts.
+	MaxListLimit int
+	// MinTime and MaxTime are the earliest and the latest storable time
+	// (inclusive); MaxTime must lie before the year 9999.
+	MinTime, MaxTime time.Time
+}
+
+// RunStrict checks what a backend such as this library promises beyond the
+// contract, with the bounds in lim: bad input is refused with an error
+// matching lim.InvalidInput (and changes nothing), IDs are 1 to
+// lim.MaxIDLength bytes of valid UTF-8 without NUL, times must lie in
+// lim.MinTime..lim.MaxTime, a cancelled context fails every call with
+// context.Canceled, the iterator returns messages in exact (Created, ID)
+// order, and GetStateCount exists.
+func RunStrict(t *testing.T, newBackend func(t *testing.T) metastorage.Backend, lim Limits) {
+	require.NotNil(t, lim.InvalidInput, "Limits.InvalidInput")
+	require.NotNil(t, lim.IteratorClosed, "Limits.IteratorClosed")
+	require.Positive(t, lim.MaxIDLength, "Limits.MaxIDLength")
+	require.Positive(t, lim.MaxPolicyNameLength, "Limits.MaxPolicyNameLength")
+	require.Positive(t, lim.MaxListLimit, "Limits.MaxListLimit")
+	require.True(t, lim.MinTime.Before(lim.MaxTime), "Limits.MinTime must lie before Limits.MaxTime")
+	require.True(t, lim.MaxTime.Before(time.Date(9999, 1, 1, 0, 0, 0, 0, time.UTC)), "Limits.MaxTime must lie before the year 9999")
 	s := newSuite(newBackend, nil)
+	s.lim = lim
 	run(t, []subtest{
 		{"StateCounter", s.testHasCounter},
 		{"InvalidInput", s.testInvalidInput},
@@ -70,11 +98,11 @@ func (s *suite) testInvalidInput(t *testing.T) {
 		return md
 	}
 	badIDs := map[string]string{
-		"empty":          "",
-		"256 bytes":      strings.Repeat("x", 256),
-		"invalid utf8":   "m\xff",
-		"NUL":            "m\x00",
-		"surrogate half": "m\xed\xa0\x80",
+		"empty":             "",
+		"one byte too long": strings.Repeat("x", s.lim.MaxIDLength+1),
+		"invalid utf8":      "m\xff",
+		"NUL":               "m\x00",
+		"surrogate half":    "m\xed\xa0\x80",
 	}
 	badRecords := map[string]metastorage.MessageMetadata{
 		"metadata.ID differs":       with(func(md *metastorage.MessageMetadata) { md.ID = "other" }),
@@ -84,14 +112,16 @@ func (s *suite) testInvalidInput(t *testing.T) {
 		"invalid utf8 header value": with(func(md *metastorage.MessageMetadata) { md.Headers = map[string]string{"k": "\xfe"} }),
 		"invalid utf8 policy":       with(func(md *metastorage.MessageMetadata) { md.RetryPolicyName = "\x80" }),
 		"NUL in policy":             with(func(md *metastorage.MessageMetadata) { md.RetryPolicyName = "p\x00" }),
-		"policy of 256 bytes":       with(func(md *metastorage.MessageMetadata) { md.RetryPolicyName = strings.Repeat("p", 256) }),
-		"created before 1677":       with(func(md *metastorage.MessageMetadata) { md.Created = time.Date(1600, 1, 1, 0, 0, 0, 0, time.UTC) }),
-		"next retry after 2262":     with(func(md *metastorage.MessageMetadata) { md.NextRetry = time.Date(2300, 1, 1, 0, 0, 0, 0, time.UTC) }),
-		"updated year 9999":         with(func(md *metastorage.MessageMetadata) { md.Updated = time.Date(9999, 1, 1, 0, 0, 0, 0, zone) }),
+		"policy one byte too long": with(func(md *metastorage.MessageMetadata) {
+			md.RetryPolicyName = strings.Repeat("p", s.lim.MaxPolicyNameLength+1)
+		}),
+		"created long before MinTime":   with(func(md *metastorage.MessageMetadata) { md.Created = s.lim.MinTime.AddDate(-77, 0, 0) }),
+		"next retry long after MaxTime": with(func(md *metastorage.MessageMetadata) { md.NextRetry = s.lim.MaxTime.AddDate(38, 0, 0) }),
+		"updated year 9999":             with(func(md *metastorage.MessageMetadata) { md.Updated = time.Date(9999, 1, 1, 0, 0, 0, 0, zone) }),
 	}
 	invalid := func(what string, err error) {
 		t.Helper()
-		require.ErrorIs(t, err, repository.ErrInvalidInput, what)
+		require.ErrorIs(t, err, s.lim.InvalidInput, what)
 		s.requireUnchanged(t, b, orig)
 	}
 	for name, id := range badIDs {
@@ -120,11 +150,12 @@ func (s *suite) testInvalidInput(t *testing.T) {
 func (s *suite) testIDLength(t *testing.T) {
 	b := s.backend(t)
 	ctx := ctxT(t)
-	ascii := strings.Repeat("a", model.MaxIDLength)
-	multi := strings.Repeat("é", model.MaxIDLength/2) + "z" // 255 bytes, 128 runes
-	require.Len(t, multi, model.MaxIDLength)
-	four := strings.Repeat("🙂", model.MaxIDLength/4) + "xyz" // 255 bytes
-	require.Len(t, four, model.MaxIDLength)
+	n := s.lim.MaxIDLength
+	ascii := strings.Repeat("a", n)
+	multi := strings.Repeat("é", n/2) + strings.Repeat("z", n%2) // for 255: 128 runes
+	require.Len(t, multi, n)
+	four := strings.Repeat("🙂", n/4) + "xyz"[:n%4] // for 255: 63 emoji and "xyz"
+	require.Len(t, four, n)
 	for i, id := range []string{ascii, multi, four, "x"} {
 		md := Message(id, metastorage.StateIncoming, at(i))
 		store(t, b, md)
@@ -135,9 +166,9 @@ func (s *suite) testIDLength(t *testing.T) {
 		s.requireSameMeta(t, md, get(t, b, id))
 	}
 	requireOnce(t, []string{ascii, multi, four, "x"}, listAll(t, b, metastorage.StateDeferred))
-	for _, id := range []string{ascii + "a", multi + "é", strings.Repeat("🙂", 64)} {
-		require.Greater(t, len(id), model.MaxIDLength)
-		require.ErrorIs(t, b.StoreMeta(ctx, id, Message(id, metastorage.StateIncoming, base)), repository.ErrInvalidInput)
+	for _, id := range []string{ascii + "a", multi + "é", strings.Repeat("🙂", n/4+1)} {
+		require.Greater(t, len(id), n)
+		require.ErrorIs(t, b.StoreMeta(ctx, id, Message(id, metastorage.StateIncoming, base)), s.lim.InvalidInput)
 	}
 	requireCounts(t, b, counts{metastorage.StateDeferred: 4})
 	for _, id := range []string{ascii, multi, four, "x"} {
@@ -167,8 +198,7 @@ func (s *suite) testEmptyMetadataID(t *testing.T) {
 
 func (s *suite) testTimeRange(t *testing.T) {
 	b := s.backend(t)
-	lo := time.Date(1677, time.September, 21, 0, 12, 43, 145224193, time.UTC) // just after the smallest int64 nanoseconds
-	hi := time.Date(2262, time.April, 11, 23, 47, 16, 854775807, time.UTC)    // the largest
+	lo, hi := s.lim.MinTime, s.lim.MaxTime
 	md := Message("edges", metastorage.StateDeferred, lo)
 	md.NextRetry = hi
 	md.Updated = time.Unix(0, 0)
@@ -180,7 +210,7 @@ func (s *suite) testTimeRange(t *testing.T) {
 	for _, bad := range []time.Time{lo.Add(-time.Nanosecond), hi.Add(time.Nanosecond)} {
 		md := Message("bad", metastorage.StateDeferred, base)
 		md.NextRetry = bad
-		require.ErrorIs(t, b.StoreMeta(ctxT(t), "bad", md), repository.ErrInvalidInput, "%s", bad)
+		require.ErrorIs(t, b.StoreMeta(ctxT(t), "bad", md), s.lim.InvalidInput, "%s", bad)
 	}
 	requireAbsent(t, b, "bad")
 }
@@ -206,17 +236,17 @@ func (s *suite) testListInvalidInput(t *testing.T) {
 	for _, opts := range []metastorage.MessageListOptions{
 		{Limit: -1},
 		{Offset: -1},
-		{Limit: repository.MaxListLimit + 1},
+		{Limit: s.lim.MaxListLimit + 1},
 		{SortBy: "size"},
 		{SortBy: "Created"},
 		{SortOrder: "DESC"},
 		{SortOrder: "sideways"},
-		{Since: time.Date(1500, 1, 1, 0, 0, 0, 0, time.UTC)},
+		{Since: s.lim.MinTime.AddDate(-177, 0, 0)},
 	} {
 		_, err := b.ListMessages(ctx, metastorage.StateIncoming, opts)
-		require.ErrorIs(t, err, repository.ErrInvalidInput, "%+v", opts)
+		require.ErrorIs(t, err, s.lim.InvalidInput, "%+v", opts)
 	}
-	res, err := b.ListMessages(ctx, metastorage.StateIncoming, metastorage.MessageListOptions{Limit: repository.MaxListLimit})
+	res, err := b.ListMessages(ctx, metastorage.StateIncoming, metastorage.MessageListOptions{Limit: s.lim.MaxListLimit})
 	require.NoError(t, err)
 	require.Equal(t, []string{"m"}, res.MessageIDs)
 }
@@ -281,7 +311,7 @@ func (s *suite) testIteratorClose(t *testing.T) {
 	require.Equal(t, "a", md.ID)
 	require.NoError(t, it.Close())
 	md, ok, err = it.Next(ctx)
-	require.ErrorIs(t, err, repository.ErrIteratorClosed)
+	require.ErrorIs(t, err, s.lim.IteratorClosed)
 	require.False(t, ok)
 	require.Equal(t, metastorage.MessageMetadata{}, md)
 	require.NoError(t, it.Close(), "Close twice")

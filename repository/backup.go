@@ -20,12 +20,12 @@ import (
 // ErrInvalidInput: use the server's own backup tools there (pg_dump or
 // pg_basebackup; mariadb-dump or mariadb-backup). It also refuses to run on
 // a WithTx view, since VACUUM cannot run inside a transaction.
-func (r *Repository) Backup(ctx context.Context, path string) error {
+func (r *Repository) Backup(ctx context.Context, path string) (err error) {
 	switch {
-	case r.d.name != sqliteDialect.name:
+	case r.d.backupSQL == "":
 		return fmt.Errorf("backup: %w: Backup copies SQLite databases; back up %s with the server's own tools (pg_dump, mariadb-dump, mariadb-backup)",
 			ErrInvalidInput, r.d.name)
-	case r.tx != nil:
+	case r.view:
 		return fmt.Errorf("backup: %w: cannot back up inside a transaction", ErrInvalidInput)
 	case path == "":
 		return fmt.Errorf("backup: %w: empty path", ErrInvalidInput)
@@ -34,11 +34,11 @@ func (r *Repository) Backup(ctx context.Context, path string) error {
 	if err != nil {
 		return fmt.Errorf("backup: %w: %w", ErrInvalidInput, err)
 	}
-	ctx, done, err := r.enterLong(ctx)
+	ctx, c, err := r.enter(ctx, "Backup", "", long)
 	if err != nil {
 		return err
 	}
-	defer done()
+	defer func() { err = c.end(err) }()
 
 	// Create the file exclusively, so that an existing file is never
 	// overwritten nor, on failure, removed; VACUUM INTO accepts an empty
@@ -64,7 +64,11 @@ func (r *Repository) Backup(ctx context.Context, path string) error {
 // vacuumInto writes the snapshot and makes it durable: VACUUM INTO itself
 // does not sync the file it writes.
 func (r *Repository) vacuumInto(ctx context.Context, path string) error {
-	if err := r.db.WithContext(ctx).Exec("VACUUM INTO ?", path).Error; err != nil {
+	err := r.ex.read(ctx, false, func(c conn) error {
+		_, err := c.exec(r.d.bind(r.d.backupSQL), path)
+		return err
+	})
+	if err != nil {
 		return err
 	}
 	if err := syncPath(path); err != nil {

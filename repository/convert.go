@@ -4,21 +4,59 @@ import (
 	"database/sql"
 	"fmt"
 	"strings"
+	"sync"
 	"unicode/utf8"
+
+	"gorm.io/gorm/schema"
 
 	metastorage "schneider.vip/retryspool/storage/meta"
 
 	"schneider.vip/retryspool/storage/meta/sqlite/model"
 )
 
-// columns are the message columns in the order every query selects and
-// every insert writes them.
-var columns = []string{
-	"id", "state", "attempts", "max_attempts", "next_retry", "created",
-	"updated", "last_error", "size", "priority", "headers", "retry_policy_name",
-}
+// columns are the message columns, in the order of model.Message's fields:
+// every query selects them and every insert writes them in this order. The
+// model is the one source of truth; rowArgs and scanDest follow the same
+// order, which a test holds against the model's GORM schema.
+var columns = modelColumns()
 
 var columnList = strings.Join(columns, ", ")
+
+func modelColumns() []string {
+	s, err := schema.Parse(&model.Message{}, &sync.Map{}, schema.NamingStrategy{})
+	if err != nil {
+		panic(fmt.Sprintf("repository: parse model.Message: %v", err))
+	}
+	cols := make([]string, len(s.Fields))
+	for i, f := range s.Fields {
+		cols[i] = f.DBName
+	}
+	return cols
+}
+
+// rowArgs are the values of m in the order of columns, with the headers
+// already encoded.
+func rowArgs(m *model.Message, headers any) []any {
+	return []any{
+		string(m.ID), m.State, m.Attempts, m.MaxAttempts, m.NextRetry, m.Created,
+		m.Updated, m.LastError, m.Size, m.Priority, headers, m.RetryPolicyName,
+	}
+}
+
+// scanDest appends the fields of m, in the order of columns, to dst.
+func scanDest(m *model.Message, dst []any) []any {
+	return append(dst,
+		&m.ID, &m.State, &m.Attempts, &m.MaxAttempts, &m.NextRetry, &m.Created,
+		&m.Updated, &m.LastError, &m.Size, &m.Priority, &m.Headers, &m.RetryPolicyName,
+	)
+}
+
+// allStates are the six states of the contract, in order; the one list of
+// them in the library.
+var allStates = []metastorage.QueueState{
+	metastorage.StateIncoming, metastorage.StateActive, metastorage.StateDeferred,
+	metastorage.StateHold, metastorage.StateBounce, metastorage.StateArchived,
+}
 
 // checkID enforces the documented ID rules.
 func checkID(id string) error {
@@ -45,7 +83,7 @@ func checkText(what, s string) error {
 
 // checkState accepts the six states of the contract.
 func checkState(s metastorage.QueueState) error {
-	if s < metastorage.StateIncoming || s > metastorage.StateArchived {
+	if s < allStates[0] || s > allStates[len(allStates)-1] {
 		return fmt.Errorf("%w: unknown state %d", metastorage.ErrInvalidState, int(s))
 	}
 	return nil
@@ -104,10 +142,7 @@ func toRow(id string, md metastorage.MessageMetadata) (row, error) {
 	if err != nil {
 		return row{}, fmt.Errorf("%w: %w", ErrInvalidInput, err)
 	}
-	return row{m: m, args: []any{
-		id, m.State, m.Attempts, m.MaxAttempts, m.NextRetry, m.Created,
-		m.Updated, m.LastError, m.Size, m.Priority, headers, m.RetryPolicyName,
-	}}, nil
+	return row{m: m, args: rowArgs(&m, headers)}, nil
 }
 
 // fromRow converts a storage row back to the contract's type.
@@ -131,8 +166,8 @@ func fromRow(m *model.Message) metastorage.MessageMetadata {
 // scanMessage reads one row selected with columnList.
 func scanMessage(rows *sql.Rows) (metastorage.MessageMetadata, error) {
 	var m model.Message
-	if err := rows.Scan(&m.ID, &m.State, &m.Attempts, &m.MaxAttempts, &m.NextRetry, &m.Created,
-		&m.Updated, &m.LastError, &m.Size, &m.Priority, &m.Headers, &m.RetryPolicyName); err != nil {
+	var dest [16]any
+	if err := rows.Scan(scanDest(&m, dest[:0])...); err != nil {
 		return metastorage.MessageMetadata{}, err
 	}
 	return fromRow(&m), nil

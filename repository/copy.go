@@ -41,12 +41,6 @@ type CopyReport struct {
 	Copied   int64
 }
 
-// allStates are the six states of the contract, in order.
-var allStates = []metastorage.QueueState{
-	metastorage.StateIncoming, metastorage.StateActive, metastorage.StateDeferred,
-	metastorage.StateHold, metastorage.StateBounce, metastorage.StateArchived,
-}
-
 // Copy copies every message of every state from src (any
 // metastorage.Backend, e.g. RetrySpool's filesystem meta backend) into dst,
 // in batches (StoreMetaBatch: create or replace, so a rerun after an
@@ -174,7 +168,7 @@ func verifyCopy(ctx context.Context, src metastorage.Backend, dst *Repository, s
 			for i, md := range batch {
 				ids[i] = md.ID
 			}
-			got, err := dst.getMany(ctx, ids)
+			got, err := dst.records(ctx, ids)
 			if err != nil {
 				return err
 			}
@@ -237,23 +231,20 @@ func differingFields(a, b metastorage.MessageMetadata) []string {
 	return out
 }
 
-// getMany reads the records of ids that exist, keyed by ID.
-func (r *Repository) getMany(ctx context.Context, ids []string) (map[string]metastorage.MessageMetadata, error) {
-	ctx, done, err := r.enterLong(ctx)
+// records reads the records of those ids that exist, keyed by ID.
+func (r *Repository) records(ctx context.Context, ids []string) (out map[string]metastorage.MessageMetadata, err error) {
+	ctx, c, err := r.enter(ctx, "Copy", "", long)
 	if err != nil {
 		return nil, err
 	}
-	defer done()
-	out := make(map[string]metastorage.MessageMetadata, len(ids))
-	for start := 0; start < len(ids); start += rowsPerInsert {
-		chunk := ids[start:min(start+rowsPerInsert, len(ids))]
-		mds, err := r.selectMessages(r.reader(ctx), r.q.byIDs, chunk)
-		if err != nil {
-			return nil, r.closedOr(err)
-		}
+	defer func() { err = c.end(err) }()
+	out = make(map[string]metastorage.MessageMetadata, len(ids))
+	err = r.ex.read(ctx, false, func(c conn) error {
+		mds, err := r.getMany(c, ids)
 		for _, md := range mds {
 			out[md.ID] = md
 		}
-	}
-	return out, nil
+		return err
+	})
+	return out, r.closedOr(err)
 }

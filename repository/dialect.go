@@ -2,11 +2,13 @@ package repository
 
 import (
 	"database/sql"
+	"errors"
 	"fmt"
 	"hash/fnv"
 	"strings"
 
 	"gorm.io/gorm"
+	sqlite3 "modernc.org/sqlite/lib"
 )
 
 // dialect is everything that differs between SQLite, PostgreSQL and
@@ -30,37 +32,79 @@ import (
 //     Server engines spread them over counterShards rows, picked by the
 //     session's backend ID, so that concurrent writers rarely wait on the
 //     same counter row.
+//   - Planner hints: SQLite, which has no statistics unless ANALYZE ran,
+//     would rather scan a whole state through the (state, created) index
+//     than look a batch of IDs up by key; byKeyState ("state + 0") keeps it
+//     from using an index on state there.
+//   - Errors: what means "locked by another connection" and what means "run
+//     the transaction again" differs per engine (busy, retryable).
+//   - Backup: SQLite copies itself with VACUUM INTO; the servers have their
+//     own tools.
+//
+// Quoting and placeholders are GORM's, from the dialector (ident, bind).
 type dialect struct {
-	name         string
-	quote        byte
-	dollarVars   bool                    // placeholders are $1, $2 ... (PostgreSQL)
+	name         string                  // GORM's dialector name
+	system       string                  // OpenTelemetry's db.system.name
+	gorm         gorm.Dialector          // quoting and placeholders
 	upsertPrefix string                  // before the column updates
 	upsertSet    func(col string) string // one "col = new value" term
 	forUpdate    string                  // appended to SELECTs that precede a write
 	skipLocked   string                  // appended to claim SELECTs
+	byKeyState   string                  // the state column where rows are found by key
 	shards       int                     // counter shards
-	shardExpr    string                  // SQL for this session's shard
 	tableOptions string                  // GORM "gorm:table_options"
 	triggers     func(t tables) []string // DDL that creates the count triggers
 	dropTriggers func(t tables) []string // DDL that removes them
 	lockSchema   func(tx *gorm.DB, key string) (unlock func(), err error)
-	readTx       *sql.TxOptions // list pages: one consistent snapshot
-	writeTx      *sql.TxOptions // transactions of our own that write
+	readTx       *sql.TxOptions         // reads that need one consistent snapshot
+	writeTx      *sql.TxOptions         // transactions of our own that write
+	busy         func(err error) bool   // locked by another connection or process
+	retryable    func(err error) bool   // the transaction may simply run again
+	backupSQL    string                 // "VACUUM INTO ?" where the engine can copy itself
+	ownIndex     func(name string) bool // an index the engine made itself
 }
 
 const counterShards = 16
 
 func dialectFor(db *gorm.DB) (dialect, error) {
+	var d dialect
 	switch name := db.Dialector.Name(); name {
 	case "sqlite":
-		return sqliteDialect, nil
+		d = sqliteDialect
 	case "postgres":
-		return postgresDialect, nil
+		d = postgresDialect
 	case "mysql":
-		return mysqlDialect, nil
+		d = mysqlDialect
 	default:
 		return dialect{}, fmt.Errorf("%w: unsupported GORM dialector %q (want sqlite, postgres or mysql)", ErrInvalidInput, name)
 	}
+	d.gorm = db.Dialector
+	return d, nil
+}
+
+// ident quotes a table or other name as the engine does.
+func (d dialect) ident(name string) string {
+	var b strings.Builder
+	d.gorm.QuoteTo(&b, name)
+	return b.String()
+}
+
+// bind turns the ? placeholders of a statement into the engine's own.
+func (d dialect) bind(query string) string {
+	if strings.IndexByte(query, '?') < 0 {
+		return query
+	}
+	var b strings.Builder
+	stmt := &gorm.Statement{}
+	for _, c := range []byte(query) {
+		if c != '?' {
+			b.WriteByte(c)
+			continue
+		}
+		stmt.Vars = append(stmt.Vars, nil)
+		d.gorm.BindVarTo(&b, stmt, nil)
+	}
+	return b.String()
 }
 
 // tables names the tables of one queue, already validated.
@@ -69,18 +113,13 @@ type tables struct {
 	counts   string
 }
 
-func (d dialect) ident(name string) string {
-	q := string(d.quote)
-	return q + name + q
-}
-
 var sqliteDialect = dialect{
 	name:         "sqlite",
-	quote:        '"',
+	system:       "sqlite",
 	upsertPrefix: "ON CONFLICT (id) DO UPDATE SET ",
 	upsertSet:    func(c string) string { return c + " = excluded." + c },
+	byKeyState:   "state + 0",
 	shards:       1,
-	shardExpr:    "0",
 	triggers: func(t tables) []string {
 		m, c := `"`+t.messages+`"`, `"`+t.counts+`"`
 		return []string{
@@ -104,19 +143,44 @@ var sqliteDialect = dialect{
 	// The migration runs in a BEGIN IMMEDIATE transaction, which already
 	// excludes every other writer.
 	lockSchema: func(*gorm.DB, string) (func(), error) { return func() {}, nil },
-	readTx:     &sql.TxOptions{ReadOnly: true},
+	// A deferred transaction that only reads is one snapshot.
+	readTx:    &sql.TxOptions{},
+	busy:      sqliteBusy,
+	retryable: func(error) bool { return false },
+	backupSQL: "VACUUM INTO ?",
+	ownIndex:  func(name string) bool { return strings.HasPrefix(name, "sqlite_autoindex") },
+}
+
+// sqliteBusy recognises SQLITE_BUSY and SQLITE_LOCKED from any SQLite
+// driver: this library's, glebarez's and modernc's report the code through
+// Code(), mattn's (gorm.io/driver/sqlite) as the field Code of its Error
+// value, which its message also names.
+func sqliteBusy(err error) bool {
+	if err == nil {
+		return false
+	}
+	var coded interface{ Code() int }
+	if errors.As(err, &coded) {
+		switch coded.Code() & 0xff {
+		case sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED:
+			return true
+		}
+		return false
+	}
+	msg := err.Error()
+	return strings.Contains(msg, "database is locked") || strings.Contains(msg, "database table is locked") ||
+		strings.Contains(msg, "SQLITE_BUSY")
 }
 
 var postgresDialect = dialect{
 	name:         "postgres",
-	quote:        '"',
-	dollarVars:   true,
+	system:       "postgresql",
 	upsertPrefix: "ON CONFLICT (id) DO UPDATE SET ",
 	upsertSet:    func(c string) string { return c + " = excluded." + c },
 	forUpdate:    " FOR UPDATE",
 	skipLocked:   " FOR UPDATE SKIP LOCKED",
+	byKeyState:   "state",
 	shards:       counterShards,
-	shardExpr:    fmt.Sprintf("(pg_backend_pid() %% %d)", counterShards),
 	triggers: func(t tables) []string {
 		m, c := `"`+t.messages+`"`, `"`+t.counts+`"`
 		fn := `"` + t.messages + `_count"`
@@ -149,18 +213,50 @@ END $$`, fn, c, shard, c, shard, c, shard),
 	lockSchema: func(tx *gorm.DB, key string) (func(), error) {
 		return func() {}, tx.Exec("SELECT pg_advisory_xact_lock(?)", lockKey(key)).Error
 	},
-	readTx: &sql.TxOptions{ReadOnly: true, Isolation: sql.LevelRepeatableRead},
+	readTx:    &sql.TxOptions{ReadOnly: true, Isolation: sql.LevelRepeatableRead},
+	busy:      func(error) bool { return false },
+	retryable: func(err error) bool { return pgState(err, "40P01", "40001") }, // deadlock_detected, serialization_failure
+	ownIndex:  func(string) bool { return false },
+}
+
+// pgState reports whether err carries one of the PostgreSQL SQLSTATEs.
+func pgState(err error, codes ...string) bool {
+	var pg interface{ SQLState() string }
+	if !errors.As(err, &pg) {
+		return false
+	}
+	for _, c := range codes {
+		if pg.SQLState() == c {
+			return true
+		}
+	}
+	return false
+}
+
+// mysqlError reports whether err is one of the MySQL error numbers; the
+// driver formats its errors as "Error <number> (<state>): ...".
+func mysqlError(err error, numbers ...string) bool {
+	if err == nil {
+		return false
+	}
+	msg := err.Error()
+	for _, n := range numbers {
+		if strings.Contains(msg, "Error "+n+" ") {
+			return true
+		}
+	}
+	return false
 }
 
 var mysqlDialect = dialect{
 	name:         "mysql",
-	quote:        '`',
+	system:       "mysql",
 	upsertPrefix: "ON DUPLICATE KEY UPDATE ",
 	upsertSet:    func(c string) string { return c + " = VALUES(" + c + ")" },
 	forUpdate:    " FOR UPDATE",
 	skipLocked:   " FOR UPDATE SKIP LOCKED",
+	byKeyState:   "state",
 	shards:       counterShards,
-	shardExpr:    fmt.Sprintf("(CONNECTION_ID() %% %d)", counterShards),
 	tableOptions: "ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin",
 	triggers: func(t tables) []string {
 		m, c := "`"+t.messages+"`", "`"+t.counts+"`"
@@ -203,7 +299,10 @@ var mysqlDialect = dialect{
 	// each other. READ COMMITTED locks only the rows it returns; the
 	// compare-and-swaps do not need more, since an UPDATE or a locking
 	// SELECT reads the latest committed row at any level.
-	writeTx: &sql.TxOptions{Isolation: sql.LevelReadCommitted},
+	writeTx:   &sql.TxOptions{Isolation: sql.LevelReadCommitted},
+	busy:      func(error) bool { return false },
+	retryable: func(err error) bool { return mysqlError(err, "1213", "1205") }, // ER_LOCK_DEADLOCK, ER_LOCK_WAIT_TIMEOUT
+	ownIndex:  func(string) bool { return false },
 }
 
 func lockKey(s string) int64 {

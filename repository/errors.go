@@ -7,7 +7,6 @@ import (
 	"strings"
 
 	"gorm.io/gorm"
-	sqlite3 "modernc.org/sqlite/lib"
 	metastorage "schneider.vip/retryspool/storage/meta"
 
 	"schneider.vip/retryspool/storage/meta/sqlite/model"
@@ -40,10 +39,21 @@ var (
 	ErrIteratorClosed = errors.New("iterator is closed")
 )
 
+// ErrReadOnly reports a write to a store opened read-only. Nothing is
+// changed.
+var ErrReadOnly = errors.New("store is read-only")
+
+// ErrReentrantCall reports a call of the store made from inside one of its
+// own write transactions (a transition hook calling the store with the
+// context it was given): it would wait for itself. A hook writes through
+// Transition.Tx instead.
+var ErrReentrantCall = errors.New("store called from inside its own write transaction; a transition hook must use Transition.Tx")
+
 // translate maps driver and GORM errors to the contract's sentinels or to
 // the errors above, keeping the original in the chain. It is the one place
-// where engine errors are interpreted.
-func translate(err error) error {
+// where engine errors are interpreted; what differs per engine is the
+// dialect's.
+func (d dialect) translate(err error) error {
 	if err == nil {
 		return nil
 	}
@@ -53,61 +63,63 @@ func translate(err error) error {
 		errors.Is(err, metastorage.ErrInvalidState),
 		errors.Is(err, metastorage.ErrBackendClosed),
 		errors.Is(err, ErrBusy),
-		errors.Is(err, ErrInvalidInput):
+		errors.Is(err, ErrInvalidInput),
+		errors.Is(err, ErrReadOnly),
+		errors.Is(err, ErrReentrantCall):
 		return err
 	case errors.Is(err, gorm.ErrRecordNotFound), errors.Is(err, sql.ErrNoRows):
 		return metastorage.ErrMessageNotFound
 	case errors.Is(err, model.ErrHeaders), errors.Is(err, model.ErrTimeRange):
 		return fmt.Errorf("%w: %w", ErrInvalidInput, err)
-	}
-	// Both SQLite drivers (glebarez's and internal/sqlitedriver) report the
-	// extended result code through Code().
-	var se interface{ Code() int }
-	if errors.As(err, &se) {
-		switch se.Code() & 0xff {
-		case sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED:
-			return fmt.Errorf("%w: %w", ErrBusy, err)
-		}
-	}
-	if strings.Contains(err.Error(), "sql: database is closed") {
+	case d.busy != nil && d.busy(err):
+		return fmt.Errorf("%w: %w", ErrBusy, err)
+	case errors.Is(err, sql.ErrConnDone), strings.Contains(err.Error(), "sql: database is closed"):
 		return fmt.Errorf("%w: %w", metastorage.ErrBackendClosed, err)
 	}
 	return err
 }
 
-// isRetryable reports errors after which a whole transaction may simply be
-// run again: deadlocks and serialization failures on the server engines.
-func isRetryable(err error) bool {
-	if err == nil {
-		return false
-	}
-	var pg interface{ SQLState() string }
-	if errors.As(err, &pg) {
-		code := pg.SQLState()
-		return code == "40P01" || code == "40001" // deadlock_detected, serialization_failure
-	}
-	// go-sql-driver/mysql formats its errors as "Error <number> (<state>): ...".
-	msg := err.Error()
-	return strings.Contains(msg, "Error 1213 ") || // ER_LOCK_DEADLOCK
-		strings.Contains(msg, "Error 1205 ") // ER_LOCK_WAIT_TIMEOUT
+// isOutcome reports the errors that are a call's own answer (not found,
+// conflict, bad input) rather than a failure of the database.
+func isOutcome(err error) bool {
+	return errors.Is(err, metastorage.ErrMessageNotFound) || errors.Is(err, metastorage.ErrStateConflict) ||
+		errors.Is(err, metastorage.ErrInvalidState) || errors.Is(err, ErrInvalidInput) ||
+		errors.Is(err, ErrReadOnly) || errors.Is(err, ErrReentrantCall)
 }
 
-// closedOr returns ErrBackendClosed when the backend was closed while err
-// happened, and err otherwise. Close cancels the context of the calls in
+// closedOr translates err and returns ErrBackendClosed when the backend was
+// closed while it happened. Close cancels the context of the calls in
 // flight, and what a driver makes of that varies: context.Canceled, an
 // interrupted statement, a transaction database/sql already rolled back, a
 // dropped connection, an I/O timeout. So once the backend is closed, every
-// error but a call's own outcome (not found, conflict, invalid input) means
-// closed; the original stays in the chain.
+// error but a call's own outcome means closed; the original stays in the
+// chain.
 func (r *Repository) closedOr(err error) error {
 	if err == nil {
 		return nil
 	}
-	err = translate(err)
-	if r.life.isClosed() && !errors.Is(err, metastorage.ErrBackendClosed) &&
-		!errors.Is(err, metastorage.ErrMessageNotFound) && !errors.Is(err, metastorage.ErrStateConflict) &&
-		!errors.Is(err, metastorage.ErrInvalidState) && !errors.Is(err, ErrInvalidInput) {
+	err = r.d.translate(err)
+	if r.life.isClosed() && !errors.Is(err, metastorage.ErrBackendClosed) && !isOutcome(err) {
 		return fmt.Errorf("%w: %w", metastorage.ErrBackendClosed, err)
 	}
 	return err
+}
+
+// outcome names the kind of a call's result for telemetry.
+func outcome(err error) string {
+	switch {
+	case err == nil:
+		return "ok"
+	case errors.Is(err, metastorage.ErrMessageNotFound):
+		return "not_found"
+	case errors.Is(err, metastorage.ErrStateConflict):
+		return "conflict"
+	case errors.Is(err, ErrBusy):
+		return "busy"
+	case errors.Is(err, metastorage.ErrBackendClosed):
+		return "closed"
+	case isOutcome(err):
+		return "invalid"
+	}
+	return "error"
 }

@@ -6,7 +6,10 @@ import (
 	"fmt"
 	"testing"
 
+	glebarez "github.com/glebarez/sqlite"
 	"github.com/stretchr/testify/require"
+	"gorm.io/driver/mysql"
+	"gorm.io/driver/postgres"
 	"gorm.io/gorm"
 	sqlite3 "modernc.org/sqlite/lib"
 	metastorage "schneider.vip/retryspool/storage/meta"
@@ -27,7 +30,7 @@ func (s sqlStateErr) SQLState() string { return string(s) }
 
 func TestTranslate(t *testing.T) {
 	t.Parallel()
-	require.NoError(t, translate(nil))
+	require.NoError(t, sqliteDialect.translate(nil))
 	for _, tc := range []struct {
 		name string
 		in   error
@@ -42,9 +45,10 @@ func TestTranslate(t *testing.T) {
 		{"time range", model.ErrTimeRange, ErrInvalidInput},
 		{"conflict kept", metastorage.ErrStateConflict, metastorage.ErrStateConflict},
 		{"closed pool", errors.New("sql: database is closed"), metastorage.ErrBackendClosed},
+		{"locked, by message (gorm.io/driver/sqlite)", errors.New("database is locked"), ErrBusy},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			got := translate(tc.in)
+			got := sqliteDialect.translate(tc.in)
 			require.ErrorIs(t, got, tc.want)
 			if tc.want == metastorage.ErrMessageNotFound {
 				require.Equal(t, tc.want, got, "not found is the bare sentinel, comparable with ==")
@@ -55,21 +59,24 @@ func TestTranslate(t *testing.T) {
 	}
 
 	other := codeErr(sqlite3.SQLITE_CONSTRAINT)
-	require.Equal(t, error(other), translate(other), "other codes pass through unchanged")
+	require.Equal(t, error(other), sqliteDialect.translate(other), "other codes pass through unchanged")
 
 	var ce codeErr
-	require.ErrorAs(t, translate(codeErr(sqlite3.SQLITE_BUSY)), &ce, "the driver's error is still reachable")
+	require.ErrorAs(t, sqliteDialect.translate(codeErr(sqlite3.SQLITE_BUSY)), &ce, "the driver's error is still reachable")
 }
 
-func TestIsRetryable(t *testing.T) {
+func TestRetryable(t *testing.T) {
 	t.Parallel()
-	require.True(t, isRetryable(fmt.Errorf("tx: %w", sqlStateErr("40P01"))))
-	require.True(t, isRetryable(sqlStateErr("40001")))
-	require.False(t, isRetryable(sqlStateErr("23505")))
-	require.True(t, isRetryable(errors.New("Error 1213 (40001): Deadlock found when trying to get lock")))
-	require.True(t, isRetryable(errors.New("Error 1205 (HY000): Lock wait timeout exceeded")))
-	require.False(t, isRetryable(errors.New("Error 1062 (23000): Duplicate entry")))
-	require.False(t, isRetryable(nil))
+	pg, my := postgresDialect.retryable, mysqlDialect.retryable
+	require.True(t, pg(fmt.Errorf("tx: %w", sqlStateErr("40P01"))))
+	require.True(t, pg(sqlStateErr("40001")))
+	require.False(t, pg(sqlStateErr("23505")))
+	require.True(t, my(errors.New("Error 1213 (40001): Deadlock found when trying to get lock")))
+	require.True(t, my(errors.New("Error 1205 (HY000): Lock wait timeout exceeded")))
+	require.False(t, my(errors.New("Error 1062 (23000): Duplicate entry")))
+	require.False(t, pg(nil))
+	require.False(t, my(nil))
+	require.False(t, sqliteDialect.retryable(codeErr(sqlite3.SQLITE_BUSY)), "SQLite waits for its lock instead")
 }
 
 func TestCheckTableName(t *testing.T) {
@@ -82,8 +89,14 @@ func TestCheckTableName(t *testing.T) {
 	}
 }
 
-func TestRebind(t *testing.T) {
+func TestBindAndQuote(t *testing.T) {
 	t.Parallel()
-	require.Equal(t, "SELECT ? FROM t WHERE a = ?", sqliteDialect.rebind("SELECT ? FROM t WHERE a = ?"))
-	require.Equal(t, "SELECT $1 FROM t WHERE a = $2", postgresDialect.rebind("SELECT ? FROM t WHERE a = ?"))
+	lite, pg, my := sqliteDialect, postgresDialect, mysqlDialect
+	lite.gorm, pg.gorm, my.gorm = glebarez.Dialector{}, postgres.Dialector{Config: &postgres.Config{}}, mysql.Dialector{Config: &mysql.Config{}}
+	require.Equal(t, "SELECT ? FROM t WHERE a = ?", lite.bind("SELECT ? FROM t WHERE a = ?"))
+	require.Equal(t, "SELECT $1 FROM t WHERE a = $2", pg.bind("SELECT ? FROM t WHERE a = ?"))
+	require.Equal(t, "SELECT ? FROM t WHERE a = ?", my.bind("SELECT ? FROM t WHERE a = ?"))
+	require.Equal(t, `"messages"`, pg.ident("messages"))
+	require.Equal(t, "`messages`", my.ident("messages"))
+	require.Equal(t, "`messages`", lite.ident("messages"))
 }

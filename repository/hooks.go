@@ -30,11 +30,17 @@ type Transition struct {
 // callbacks.
 type Hook func(ctx context.Context, t Transition) error
 
-func (r *Repository) runHooks(ctx context.Context, tx *gorm.DB, t Transition) error {
+// runHooks runs the hooks of one transition in the transaction of c. The
+// hooks' context is marked, so that a hook calling the store itself with
+// it gets ErrReentrantCall at once instead of waiting for its own
+// transaction.
+func (r *Repository) runHooks(c conn, t Transition) error {
 	if len(r.hooks) == 0 {
 		return nil
 	}
-	t.Tx = tx
+	ctx := context.WithValue(c.ctx, hookKey{}, r.life)
+	c.ctx = ctx
+	t.Tx = c.gorm()
 	for _, h := range r.hooks {
 		if err := h(ctx, t); err != nil {
 			return fmt.Errorf("transition hook %s -> %s of %q: %w", t.From, t.To, t.MessageID, err)

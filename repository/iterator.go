@@ -36,11 +36,11 @@ func (r *Repository) NewMessageIterator(ctx context.Context, state metastorage.Q
 	if err := checkState(state); err != nil {
 		return nil, err
 	}
-	_, done, err := r.enter(ctx)
+	_, c, err := r.enter(ctx, "NewMessageIterator", "", quick)
 	if err != nil {
 		return nil, err
 	}
-	done()
+	c.end(nil)
 	if batchSize <= 0 {
 		batchSize = DefaultBatchSize
 	}
@@ -74,32 +74,36 @@ func (it *Iterator) Next(ctx context.Context) (metastorage.MessageMetadata, bool
 	return md, true, nil
 }
 
-func (it *Iterator) fetch(ctx context.Context) error {
+func (it *Iterator) fetch(ctx context.Context) (err error) {
 	r := it.r
-	ctx, done, err := r.enterLong(ctx)
+	ctx, c, err := r.enter(ctx, "Iterator.Next", "", long)
 	if err != nil {
 		return err
 	}
-	defer done()
-	var rows *sql.Rows
-	if it.started {
-		rows, err = r.queryR(ctx, r.f.iterNext, int(it.state), it.lastKey, it.lastKey, it.lastID, it.batchSize)
-	} else {
-		rows, err = r.queryR(ctx, r.f.iterFirst, int(it.state), it.batchSize)
-	}
-	if err != nil {
-		return fmt.Errorf("iterate %s: %w", it.state, r.closedOr(err))
-	}
-	defer rows.Close()
+	defer func() { err = c.end(err) }()
 	it.buf, it.pos = it.buf[:0], 0
-	for rows.Next() {
-		md, err := scanMessage(rows)
-		if err != nil {
-			return fmt.Errorf("iterate %s: %w", it.state, r.closedOr(err))
+	err = r.ex.read(ctx, false, func(c conn) error {
+		var rows *sql.Rows
+		var err error
+		if it.started {
+			rows, err = c.query(r.s.iterNext, int(it.state), it.lastKey, it.lastKey, it.lastID, it.batchSize)
+		} else {
+			rows, err = c.query(r.s.iterFirst, int(it.state), it.batchSize)
 		}
-		it.buf = append(it.buf, md)
-	}
-	if err := rows.Err(); err != nil {
+		if err != nil {
+			return err
+		}
+		defer rows.Close()
+		for rows.Next() {
+			md, err := scanMessage(rows)
+			if err != nil {
+				return err
+			}
+			it.buf = append(it.buf, md)
+		}
+		return rows.Err()
+	})
+	if err != nil {
 		it.buf = it.buf[:0]
 		return fmt.Errorf("iterate %s: %w", it.state, r.closedOr(err))
 	}

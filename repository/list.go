@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 
-	"gorm.io/gorm"
 	metastorage "schneider.vip/retryspool/storage/meta"
 
 	"schneider.vip/retryspool/storage/meta/sqlite/model"
@@ -25,7 +24,7 @@ var sortColumns = map[string]string{
 // that pages are stable. Since keeps messages created at or after it. Limit
 // 0 means DefaultListLimit. Total counts every match and HasMore tells
 // whether a later page exists; both come from the same snapshot as the page.
-func (r *Repository) ListMessages(ctx context.Context, state metastorage.QueueState, opts metastorage.MessageListOptions) (metastorage.MessageListResult, error) {
+func (r *Repository) ListMessages(ctx context.Context, state metastorage.QueueState, opts metastorage.MessageListOptions) (res metastorage.MessageListResult, err error) {
 	if err := checkState(state); err != nil {
 		return metastorage.MessageListResult{}, err
 	}
@@ -58,23 +57,23 @@ func (r *Repository) ListMessages(ctx context.Context, state metastorage.QueueSt
 			return metastorage.MessageListResult{}, fmt.Errorf("list messages: %w: since: %w", ErrInvalidInput, err)
 		}
 	}
-	ctx, done, err := r.enterLong(ctx)
+	ctx, c, err := r.enter(ctx, "ListMessages", "", long)
 	if err != nil {
 		return metastorage.MessageListResult{}, err
 	}
-	defer done()
+	defer func() { err = c.end(err) }()
 
-	m := r.d.ident(r.t.messages)
 	where, args := "state = ?", []any{int(state)}
 	if !opts.Since.IsZero() {
 		where += " AND created >= ?"
 		args = append(args, since)
 	}
-	page := fmt.Sprintf("SELECT id FROM %s WHERE %s ORDER BY %s %s, id %s LIMIT ? OFFSET ?", m, where, col, dir, dir)
+	page := r.d.bind(fmt.Sprintf("SELECT id FROM %s WHERE %s ORDER BY %s %s, id %s LIMIT ? OFFSET ?",
+		r.d.ident(r.t.messages), where, col, dir, dir))
 
-	res := metastorage.MessageListResult{MessageIDs: make([]string, 0, min(limit, 1024))}
-	err = r.readTx(ctx, func(tx *gorm.DB) error {
-		rows, err := tx.Raw(page, append(args, limit, opts.Offset)...).Rows()
+	res = metastorage.MessageListResult{MessageIDs: make([]string, 0, min(limit, 1024))}
+	err = r.ex.read(ctx, true, func(c conn) error {
+		rows, err := c.query(page, append(args, limit, opts.Offset)...)
 		if err != nil {
 			return err
 		}
@@ -91,9 +90,9 @@ func (r *Repository) ListMessages(ctx context.Context, state metastorage.QueueSt
 		}
 		var total int64
 		if opts.Since.IsZero() {
-			err = tx.Raw(r.q.count, int(state)).Row().Scan(&total)
+			err = c.scalar(r.s.count, []any{int(state)}, &total)
 		} else {
-			err = tx.Raw(r.q.sinceCount, int(state), since).Row().Scan(&total)
+			err = c.scalar(r.s.sinceCount, []any{int(state), since}, &total)
 		}
 		res.Total = int(total)
 		return err
@@ -103,13 +102,4 @@ func (r *Repository) ListMessages(ctx context.Context, state metastorage.QueueSt
 	}
 	res.HasMore = opts.Offset+len(res.MessageIDs) < res.Total
 	return res, nil
-}
-
-// readTx runs fn in a read-only transaction, so that its statements see one
-// snapshot; on a WithTx view it runs in the caller's transaction.
-func (r *Repository) readTx(ctx context.Context, fn func(tx *gorm.DB) error) error {
-	if r.tx != nil {
-		return fn(r.tx.WithContext(ctx))
-	}
-	return r.db.WithContext(ctx).Transaction(fn, r.d.readTx)
 }

@@ -3,6 +3,7 @@ package repository
 import (
 	"context"
 	"fmt"
+	"log/slog"
 	"math"
 	"sort"
 	"strings"
@@ -25,30 +26,35 @@ var legacyColumns = []string{
 	"updated", "last_error", "size", "priority", "headers",
 }
 
-// Migrate creates or upgrades the schema of the repository's table; New
-// calls it unless told not to. It runs in one transaction (on MySQL, whose
-// DDL commits implicitly, under a named lock instead) and is safe to run
-// from several processes at once.
-func (r *Repository) Migrate(ctx context.Context) error {
-	ctx, done, err := r.enterLong(ctx)
-	if err != nil {
-		return err
-	}
-	defer done()
-	return r.closedOr(r.migrate(ctx))
-}
-
+// migrate creates or upgrades the schema of the repository's table. It
+// first looks on the read side, so that opening a current schema writes
+// nothing (and works on a read-only store); otherwise it runs in one write
+// transaction (on MySQL, whose DDL commits implicitly, under a named lock
+// instead), which looks again, so that several processes may open the
+// same table at once.
 func (r *Repository) migrate(ctx context.Context) error {
-	err := r.write(ctx, func(tx *gorm.DB) error {
-		unlock, err := r.d.lockSchema(tx, r.t.messages)
-		if err != nil {
-			return err
-		}
-		defer unlock()
-		return r.migrateTx(tx)
+	var plan migration
+	err := r.ex.read(ctx, false, func(c conn) (err error) {
+		plan, err = r.plan(c.gorm())
+		return err
 	})
+	if err == nil && plan != migrateNothing {
+		err = r.ex.write(ctx, func(c conn) error {
+			tx := c.gorm()
+			unlock, err := r.d.lockSchema(tx, r.t.messages)
+			if err != nil {
+				return err
+			}
+			defer unlock()
+			return r.migrateTx(tx)
+		})
+		if err == nil && r.tel != nil {
+			what := map[migration]string{migrateCreate: "created", migrateLegacy: "upgraded from the legacy schema"}[plan]
+			r.tel.Log(ctx, slog.LevelInfo, "schema "+what, slog.Int("version", SchemaVersion))
+		}
+	}
 	if err != nil {
-		return fmt.Errorf("migrate table %q: %w", r.t.messages, translate(err))
+		return fmt.Errorf("migrate table %q: %w", r.t.messages, r.d.translate(err))
 	}
 	return nil
 }
@@ -131,7 +137,7 @@ func Check(ctx context.Context, db *gorm.DB, tableName string) error {
 	}
 	r := &Repository{d: d, t: tables{messages: tableName, counts: tableName + "_counts"}}
 	_, err = r.plan(db.WithContext(ctx))
-	return translate(err)
+	return d.translate(err)
 }
 
 func (r *Repository) migrateTx(tx *gorm.DB) error {
@@ -195,9 +201,9 @@ func (r *Repository) resetCounts(tx *gorm.DB) error {
 		return fmt.Errorf("reset counters: %w", err)
 	}
 	var values []string
-	for state := 0; state <= 5; state++ {
+	for _, state := range allStates {
 		for shard := 0; shard < r.d.shards; shard++ {
-			values = append(values, fmt.Sprintf("(%d, %d, 0)", state, shard))
+			values = append(values, fmt.Sprintf("(%d, %d, 0)", int(state), shard))
 		}
 	}
 	if err := tx.Exec("INSERT INTO " + c + " (state, shard, n) VALUES " + strings.Join(values, ", ")).Error; err != nil {
@@ -229,7 +235,7 @@ func (r *Repository) upgradeLegacy(tx *gorm.DB) error {
 		if pk, ok := idx.PrimaryKey(); ok && pk {
 			continue
 		}
-		if strings.HasPrefix(idx.Name(), "sqlite_autoindex") {
+		if r.d.ownIndex(idx.Name()) {
 			continue
 		}
 		if err := mig.DropIndex(r.t.messages, idx.Name()); err != nil {

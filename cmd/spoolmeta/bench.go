@@ -8,7 +8,7 @@ import (
 	"sort"
 	"strings"
 
-	"schneider.vip/retryspool/storage/meta/sqlite/internal/workload"
+	"schneider.vip/retryspool/storage/meta/sqlite/internal/bench/workload"
 )
 
 var cmdBench = &command{

@@ -19,7 +19,7 @@ import (
 	metafs "schneider.vip/retryspool/storage/meta/filesystem"
 
 	sqlitemeta "schneider.vip/retryspool/storage/meta/sqlite"
-	"schneider.vip/retryspool/storage/meta/sqlite/internal/testdb"
+	"schneider.vip/retryspool/storage/meta/sqlite/internal/testkit/testdb"
 )
 
 // binary is the spoolmeta built once for all tests.
