@@ -84,12 +84,10 @@ func runServe(ctx context.Context, a *app, args []string) error {
 	if *refresh < 500*time.Millisecond {
 		return usagef(c.name, "--refresh must be at least 500ms")
 	}
-	reg := prometheus.NewRegistry()
-	exporter, err := otelprom.New(otelprom.WithRegisterer(reg))
+	mp, metrics, err := newMetrics()
 	if err != nil {
 		return err
 	}
-	mp := sdkmetric.NewMeterProvider(sdkmetric.WithReader(exporter), sdkmetric.WithResource(serveResource()))
 	defer mp.Shutdown(context.Background())
 	cf.opts = append(cf.opts, sqlitemeta.WithMeterProvider(mp))
 
@@ -99,7 +97,7 @@ func runServe(ctx context.Context, a *app, args []string) error {
 	}
 	defer ln.Close()
 	return withStore(ctx, c, cf, false, func(s *store) error {
-		sv, err := newServer(s, *allow, *refresh, promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
+		sv, err := newServer(s, *allow, *refresh, metrics)
 		if err != nil {
 			return err
 		}
@@ -124,9 +122,19 @@ func runServe(ctx context.Context, a *app, args []string) error {
 	})
 }
 
-// serveResource names the process in /metrics' target_info.
-func serveResource() *resource.Resource {
-	return resource.NewSchemaless(attribute.String("service.name", "spoolmeta"))
+// newMetrics returns the meter provider to hand to the store and the
+// /metrics handler that serves what it records: the OpenTelemetry
+// Prometheus exporter on a registry of its own (no Go runtime metrics of
+// this process), the scope labels left out (there is one scope).
+func newMetrics() (*sdkmetric.MeterProvider, http.Handler, error) {
+	reg := prometheus.NewRegistry()
+	exporter, err := otelprom.New(otelprom.WithRegisterer(reg), otelprom.WithoutScopeInfo())
+	if err != nil {
+		return nil, nil, err
+	}
+	mp := sdkmetric.NewMeterProvider(sdkmetric.WithReader(exporter),
+		sdkmetric.WithResource(resource.NewSchemaless(attribute.String("service.name", "spoolmeta"))))
+	return mp, promhttp.HandlerFor(reg, promhttp.HandlerOpts{}), nil
 }
 
 func newServer(s *store, allowActions bool, refresh time.Duration, metrics http.Handler) (*server, error) {

@@ -12,14 +12,10 @@ import (
 	"testing"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus"
-	"github.com/prometheus/client_golang/prometheus/promhttp"
 	dto "github.com/prometheus/client_model/go"
 	"github.com/prometheus/common/expfmt"
 	"github.com/prometheus/common/model"
 	"github.com/stretchr/testify/require"
-	otelprom "go.opentelemetry.io/otel/exporters/prometheus"
-	sdkmetric "go.opentelemetry.io/otel/sdk/metric"
 	metastorage "schneider.vip/retryspool/storage/meta"
 
 	sqlitemeta "schneider.vip/retryspool/storage/meta/sqlite"
@@ -37,14 +33,12 @@ type testServer struct {
 // opened with a meter provider feeding the Prometheus exporter.
 func startServer(t testing.TB, path string, allowActions bool) *testServer {
 	t.Helper()
-	reg := prometheus.NewRegistry()
-	exporter, err := otelprom.New(otelprom.WithRegisterer(reg))
+	mp, metrics, err := newMetrics()
 	require.NoError(t, err)
-	mp := sdkmetric.NewMeterProvider(sdkmetric.WithReader(exporter), sdkmetric.WithResource(serveResource()))
 	s, err := openStore(context.Background(), "serve", &connFlags{db: path, table: defaultTable,
 		opts: []sqlitemeta.Option{sqlitemeta.WithMeterProvider(mp)}}, false)
 	require.NoError(t, err)
-	sv, err := newServer(s, allowActions, time.Second, promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
+	sv, err := newServer(s, allowActions, time.Second, metrics)
 	require.NoError(t, err)
 	sv.loopback = true
 	ts := httptest.NewServer(sv.routes())
