@@ -124,6 +124,7 @@ type T struct {
 
 	base     []attribute.KeyValue // db.system.name, db.collection.name
 	baseSet  metric.MeasurementOption
+	baseRec  []metric.RecordOption
 	logAttrs [2]slog.Attr // engine, table
 
 	opDuration  metric.Float64Histogram
@@ -139,7 +140,16 @@ type T struct {
 	due         metric.Int64ObservableGauge
 
 	mu   sync.RWMutex
-	sets map[setKey]metric.MeasurementOption
+	sets map[setKey]*attrSet
+}
+
+// attrSet is a cached attribute set, as the options the instruments take
+// (a slice made once: passing one option would allocate per call), and the
+// span name of its operation.
+type attrSet struct {
+	rec  []metric.RecordOption
+	add  []metric.AddOption
+	span string // "<operation> <table>"
 }
 
 // setKey names a cached attribute set: an operation and an outcome.
@@ -150,7 +160,7 @@ func New(cfg Config) (*T, error) {
 	if cfg.Logger == nil && cfg.MeterProvider == nil && cfg.TracerProvider == nil {
 		return nil, nil
 	}
-	t := &T{cfg: cfg, log: cfg.Logger, sets: map[setKey]metric.MeasurementOption{}}
+	t := &T{cfg: cfg, log: cfg.Logger, sets: map[setKey]*attrSet{}}
 	if t.cfg.Outcome == nil {
 		t.cfg.Outcome = func(err error) string {
 			if err == nil {
@@ -161,6 +171,7 @@ func New(cfg Config) (*T, error) {
 	}
 	t.base = []attribute.KeyValue{semconv.DBSystemNameKey.String(cfg.Engine), semconv.DBCollectionName(cfg.Table)}
 	t.baseSet = metric.WithAttributeSet(attribute.NewSet(t.base...))
+	t.baseRec = []metric.RecordOption{t.baseSet}
 	t.logAttrs = [2]slog.Attr{slog.String("engine", cfg.Engine), slog.String("table", cfg.Table)}
 	if cfg.TracerProvider != nil {
 		t.tracer = cfg.TracerProvider.Tracer(ScopeName)
@@ -227,14 +238,14 @@ func (t *T) instruments(m metric.Meter) error {
 	return nil
 }
 
-// set returns the measurement option of op and outcome, built once.
-func (t *T) set(op, outcome string) metric.MeasurementOption {
+// set returns the attribute set of op and outcome, built once.
+func (t *T) set(op, outcome string) *attrSet {
 	k := setKey{op, outcome}
 	t.mu.RLock()
-	o, ok := t.sets[k]
+	a, ok := t.sets[k]
 	t.mu.RUnlock()
 	if ok {
-		return o
+		return a
 	}
 	attrs := append(append(make([]attribute.KeyValue, 0, len(t.base)+3), t.base...), AttrOutcome.String(outcome))
 	if op != "" {
@@ -243,11 +254,12 @@ func (t *T) set(op, outcome string) metric.MeasurementOption {
 	if outcome != OutcomeOK && outcome != "" {
 		attrs = append(attrs, semconv.ErrorTypeKey.String(outcome))
 	}
-	o = metric.WithAttributeSet(attribute.NewSet(attrs...))
+	o := metric.WithAttributeSet(attribute.NewSet(attrs...))
+	a = &attrSet{rec: []metric.RecordOption{o}, add: []metric.AddOption{o}, span: op + " " + t.cfg.Table}
 	t.mu.Lock()
-	t.sets[k] = o
+	t.sets[k] = a
 	t.mu.Unlock()
-	return o
+	return a
 }
 
 // Call is one call of the store's API in flight, between Start and End.
@@ -274,7 +286,7 @@ func (t *T) Start(ctx context.Context, op, id string) (context.Context, Call) {
 		if id != "" {
 			attrs = append(attrs, AttrMessageID.String(id))
 		}
-		ctx, c.span = t.tracer.Start(ctx, op+" "+t.cfg.Table,
+		ctx, c.span = t.tracer.Start(ctx, t.set(op, "").span,
 			trace.WithSpanKind(trace.SpanKindClient), trace.WithAttributes(attrs...))
 	}
 	c.ctx = ctx
@@ -291,7 +303,7 @@ func (c Call) End(err error) {
 	took := time.Since(c.start)
 	outcome := t.cfg.Outcome(err)
 	if t.meter != nil {
-		t.opDuration.Record(context.Background(), took.Seconds(), t.set(c.op, outcome))
+		t.opDuration.Record(context.Background(), took.Seconds(), t.set(c.op, outcome).rec...)
 	}
 	if c.span != nil {
 		if err != nil {
@@ -341,8 +353,8 @@ func (t *T) GroupCommit(size int, took time.Duration, err error) {
 	outcome := t.cfg.Outcome(err)
 	if t.meter != nil {
 		ctx := context.Background()
-		t.groupSize.Record(ctx, int64(size), t.baseSet)
-		t.groupTime.Record(ctx, took.Seconds(), t.set("", outcome))
+		t.groupSize.Record(ctx, int64(size), t.baseRec...)
+		t.groupTime.Record(ctx, took.Seconds(), t.set("", outcome).rec...)
 	}
 	if t.log != nil && err != nil {
 		t.logAttrs2(context.Background(), slog.LevelError, "group commit failed",
@@ -357,7 +369,7 @@ func (t *T) BusyWait(op string, waited time.Duration, err error) {
 	}
 	outcome := t.cfg.Outcome(err)
 	if t.meter != nil {
-		t.busyWaits.Record(context.Background(), waited.Seconds(), t.set(op, outcome))
+		t.busyWaits.Record(context.Background(), waited.Seconds(), t.set(op, outcome).rec...)
 	}
 	if t.log == nil {
 		return
@@ -383,7 +395,7 @@ func (t *T) Retry(op string, attempt int, err error) {
 		return
 	}
 	if t.meter != nil {
-		t.retries.Add(context.Background(), 1, t.set(op, t.cfg.Outcome(err)))
+		t.retries.Add(context.Background(), 1, t.set(op, t.cfg.Outcome(err)).add...)
 	}
 	if t.log != nil {
 		t.logAttrs2(context.Background(), slog.LevelInfo, "transaction retried",
@@ -406,7 +418,7 @@ func (t *T) Checkpoint(busy bool, walPages, copied int, err error) {
 	}
 	if t.meter != nil {
 		ctx := context.Background()
-		t.checkpoints.Add(ctx, 1, t.set("", outcome))
+		t.checkpoints.Add(ctx, 1, t.set("", outcome).add...)
 		if copied > 0 {
 			t.ckptPages.Add(ctx, int64(copied), t.baseSet)
 		}

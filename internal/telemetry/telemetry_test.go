@@ -413,3 +413,24 @@ func BenchmarkCall(b *testing.B) {
 		run(b, tel)
 	})
 }
+
+func BenchmarkCallParts(b *testing.B) {
+	ctx := context.Background()
+	run := func(b *testing.B, tel *T) {
+		b.ReportAllocs()
+		for b.Loop() {
+			_, c := tel.Start(ctx, "MoveToState", "msg-1")
+			c.End(nil)
+		}
+	}
+	b.Run("meter", func(b *testing.B) {
+		mp := sdkmetric.NewMeterProvider(sdkmetric.WithReader(sdkmetric.NewManualReader()))
+		tel, _ := New(Config{MeterProvider: mp, Engine: "sqlite", Table: "messages"})
+		run(b, tel)
+	})
+	b.Run("tracer", func(b *testing.B) {
+		tp := sdktrace.NewTracerProvider(sdktrace.WithBatcher(tracetest.NewNoopExporter()))
+		tel, _ := New(Config{TracerProvider: tp, Engine: "sqlite", Table: "messages"})
+		run(b, tel)
+	})
+}

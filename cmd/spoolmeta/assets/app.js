@@ -219,6 +219,7 @@
       return;
     }
     $("#detail-id").textContent = m.id;
+    document.querySelectorAll("#rows tr").forEach((tr) => tr.classList.toggle("sel", tr.dataset.id === m.id));
     const row = (k, v) => el("tr", {}, el("th", {}, k), el("td", {}, v));
     const fields = el("table", { class: "kv" },
       row("state", el("span", { class: "pill st-" + m.state }, m.state)),
