@@ -388,7 +388,7 @@ func (sv *server) apiMessage(w http.ResponseWriter, r *http.Request) {
 	id := r.URL.Query().Get("id")
 	md, err := sv.s.r.GetMeta(r.Context(), id)
 	if err != nil {
-		fail(w, fmt.Errorf("message %q: %w", id, err))
+		fail(w, err) // names the ID
 		return
 	}
 	writeAPI(w, http.StatusOK, toJSON(md))
