@@ -19,6 +19,8 @@ import (
 //     its write connection and group commit;
 //   - sqlite-withdb: a SQLite file the application opened itself with GORM
 //     (glebarez driver, no DSN flags) and handed in with WithDB;
+//   - sqlite-cgo: the same with gorm.io/driver/sqlite (mattn/go-sqlite3,
+//     cgo), skipped with the reason where cgo is off;
 //   - postgres, mysql: a fresh table of the server's test database, handed
 //     in with WithDB; skipped with the reason when the DSN is not set.
 
@@ -55,6 +57,12 @@ func columns() []column {
 		{name: "sqlite-withdb", prepare: func(*testing.T) func(t *testing.T) *dbEnv {
 			return func(t *testing.T) *dbEnv {
 				db := testdb.OpenSQLite(t, testdb.SQLitePath(t))
+				return &dbEnv{where: []sqlitemeta.Option{sqlitemeta.WithDB(db)}}
+			}
+		}},
+		{name: "sqlite-cgo", skip: testdb.CgoSkip, prepare: func(*testing.T) func(t *testing.T) *dbEnv {
+			return func(t *testing.T) *dbEnv {
+				db := testdb.OpenSQLiteCgo(t, testdb.SQLitePath(t))
 				return &dbEnv{where: []sqlitemeta.Option{sqlitemeta.WithDB(db)}}
 			}
 		}},

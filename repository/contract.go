@@ -20,10 +20,17 @@ func (r *Repository) StoreMeta(ctx context.Context, messageID string, metadata m
 		return err
 	}
 	defer func() { err = c.end(err) }()
-	if len(r.hooks) == 0 {
-		_, err = r.ex.exec(ctx, r.s.upsert, rw.args...)
-	} else {
-		err = r.ex.write(ctx, func(c conn) error { return r.storeHooked(c, rw) })
+	for attempt := 0; attempt < 2; attempt++ {
+		if len(r.hooks) == 0 {
+			_, err = r.ex.exec(ctx, r.s.upsert, rw.args...)
+		} else {
+			err = r.ex.write(ctx, func(c conn) error { return r.storeHooked(c, rw) })
+		}
+		// A store is idempotent: when the connection died and the
+		// outcome is unknown, storing again on another one settles it.
+		if err == nil || !r.d.connLost(err) {
+			break
+		}
 	}
 	if err != nil {
 		return fmt.Errorf("store meta %q: %w", messageID, r.closedOr(err))
@@ -138,9 +145,9 @@ func (r *Repository) MoveToState(ctx context.Context, messageID string, fromStat
 		return err
 	}
 	defer func() { err = c.end(err) }()
-	n := int64(0)
+	n, now := int64(0), time.Now().UnixNano()
 	if fromState != toState {
-		args := []any{int(toState), time.Now().UnixNano(), messageID, int(fromState)}
+		args := []any{int(toState), now, messageID, int(fromState)}
 		if len(r.hooks) == 0 {
 			n, err = r.ex.exec(ctx, r.s.cas, args...)
 		} else {
@@ -150,6 +157,13 @@ func (r *Repository) MoveToState(ctx context.Context, messageID string, fromStat
 				}
 				return r.runHooks(c, Transition{MessageID: messageID, From: fromState, To: toState})
 			})
+		}
+	}
+	if err != nil && fromState != toState && r.d.connLost(err) {
+		// The move's outcome is unknown: it may have committed as the
+		// connection died.
+		if _, ok, verr := r.landed(ctx, []string{messageID}, toState, now); verr == nil && ok {
+			return nil
 		}
 	}
 	if err == nil && n == 0 {

@@ -2,10 +2,14 @@ package repository
 
 import (
 	"database/sql"
+	"database/sql/driver"
 	"errors"
 	"fmt"
 	"hash/fnv"
+	"io"
+	"net"
 	"strings"
+	"syscall"
 
 	"gorm.io/gorm"
 	sqlite3 "modernc.org/sqlite/lib"
@@ -60,6 +64,7 @@ type dialect struct {
 	writeTx      *sql.TxOptions         // transactions of our own that write
 	busy         func(err error) bool   // locked by another connection or process
 	retryable    func(err error) bool   // the transaction may simply run again
+	connLost     func(err error) bool   // the connection died: a COMMIT in flight may or may not have landed
 	backupSQL    string                 // "VACUUM INTO ?" where the engine can copy itself
 	ownIndex     func(name string) bool // an index the engine made itself
 }
@@ -147,6 +152,7 @@ var sqliteDialect = dialect{
 	readTx:    &sql.TxOptions{},
 	busy:      sqliteBusy,
 	retryable: func(error) bool { return false },
+	connLost:  func(error) bool { return false }, // in-process: a commit's outcome is always known
 	backupSQL: "VACUUM INTO ?",
 	ownIndex:  func(name string) bool { return strings.HasPrefix(name, "sqlite_autoindex") },
 }
@@ -216,7 +222,12 @@ END $$`, fn, c, shard, c, shard, c, shard),
 	readTx:    &sql.TxOptions{ReadOnly: true, Isolation: sql.LevelRepeatableRead},
 	busy:      func(error) bool { return false },
 	retryable: func(err error) bool { return pgState(err, "40P01", "40001") }, // deadlock_detected, serialization_failure
-	ownIndex:  func(string) bool { return false },
+	connLost: func(err error) bool {
+		// admin_shutdown, crash_shutdown, cannot_connect_now, and the
+		// connection_exception class.
+		return pgState(err, "57P01", "57P02", "57P03", "08000", "08003", "08006", "08001", "08004") || netLost(err)
+	},
+	ownIndex: func(string) bool { return false },
 }
 
 // pgState reports whether err carries one of the PostgreSQL SQLSTATEs.
@@ -231,6 +242,24 @@ func pgState(err error, codes ...string) bool {
 		}
 	}
 	return false
+}
+
+// netLost recognises a connection that died under a statement, whatever
+// the driver: database/sql's bad connection, an EOF in the middle of a
+// reply, a reset or broken socket, a closed connection.
+func netLost(err error) bool {
+	if err == nil {
+		return false
+	}
+	var ne net.Error
+	switch {
+	case errors.Is(err, driver.ErrBadConn), errors.Is(err, io.EOF), errors.Is(err, io.ErrUnexpectedEOF),
+		errors.Is(err, syscall.ECONNRESET), errors.Is(err, syscall.EPIPE), errors.As(err, &ne):
+		return true
+	}
+	msg := err.Error()
+	return strings.Contains(msg, "conn closed") || strings.Contains(msg, "unexpected EOF") ||
+		strings.Contains(msg, "connection reset") || strings.Contains(msg, "broken pipe")
 }
 
 // mysqlError reports whether err is one of the MySQL error numbers; the
@@ -302,7 +331,13 @@ var mysqlDialect = dialect{
 	writeTx:   &sql.TxOptions{Isolation: sql.LevelReadCommitted},
 	busy:      func(error) bool { return false },
 	retryable: func(err error) bool { return mysqlError(err, "1213", "1205") }, // ER_LOCK_DEADLOCK, ER_LOCK_WAIT_TIMEOUT
-	ownIndex:  func(string) bool { return false },
+	connLost: func(err error) bool {
+		// ER_CONNECTION_KILLED, ER_SERVER_SHUTDOWN, CR_SERVER_GONE_ERROR,
+		// CR_SERVER_LOST, and the driver's "invalid connection".
+		return mysqlError(err, "1927", "1053", "2006", "2013") || netLost(err) ||
+			strings.Contains(err.Error(), "invalid connection")
+	},
+	ownIndex: func(string) bool { return false },
 }
 
 func lockKey(s string) int64 {

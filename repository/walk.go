@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"strings"
+	"time"
 
 	metastorage "schneider.vip/retryspool/storage/meta"
 
@@ -163,7 +164,7 @@ func (r *Repository) opRows(c conn, spec opSpec, cur cursor) ([]opRow, error) {
 // mover returns an apply function that moves locked messages from one
 // state to another and runs the hooks of each move.
 func (r *Repository) mover(from, to metastorage.QueueState) func(conn, []string) error {
-	return func(c conn, ids []string) error { return r.moveLocked(c, ids, from, to) }
+	return func(c conn, ids []string) error { return r.moveLocked(c, ids, from, to, time.Now().UnixNano()) }
 }
 
 // deleter returns an apply function that deletes locked messages.

@@ -255,7 +255,7 @@ func (w *groupWriter) runAll(c *sql.Conn, live []*writeReq) error {
 			rollback(c)
 			return nil
 		}
-		return commit(c)
+		return w.commit(c)
 	}
 	committed := 0
 	for _, req := range live {
@@ -278,7 +278,7 @@ func (w *groupWriter) runAll(c *sql.Conn, live []*writeReq) error {
 		rollback(c)
 		return nil
 	}
-	return commit(c)
+	return w.commit(c)
 }
 
 // call runs one request's function. A panic in it (a transition hook's,
@@ -293,12 +293,28 @@ func (w *groupWriter) call(req *writeReq, tc txConn) (err error) {
 	return req.fn(conn{ctx: context.WithoutCancel(req.ctx), pool: tc, base: w.base})
 }
 
-func commit(c *sql.Conn) error {
-	if _, err := c.ExecContext(context.Background(), "COMMIT"); err != nil {
-		rollback(c)
-		return err
+// commit commits the transaction. In rollback-journal mode COMMIT waits
+// for readers to finish, and a driver whose busy timeout is shorter than
+// the store's wait gives up early, leaving the transaction open: commit
+// then tries again for up to w.wait before it rolls back.
+func (w *groupWriter) commit(c *sql.Conn) error {
+	deadline := time.Now().Add(w.wait)
+	for backoff := time.Millisecond; ; backoff = min(2*backoff, 50*time.Millisecond) {
+		_, err := c.ExecContext(context.Background(), "COMMIT")
+		if err == nil {
+			return nil
+		}
+		if !sqliteBusy(err) || !time.Now().Add(backoff).Before(deadline) {
+			rollback(c)
+			return err
+		}
+		select {
+		case <-time.After(backoff):
+		case <-w.ctx.Done():
+			rollback(c)
+			return fmt.Errorf("%w: %w", metastorage.ErrBackendClosed, err)
+		}
 	}
-	return nil
 }
 
 // rollback ends the transaction; if SQLite has already ended it, the
