@@ -92,7 +92,10 @@ func (f *Factory) Open(ctx context.Context) (*Repository, error) {
 	if err := c.validate(); err != nil {
 		return nil, fmt.Errorf("sqlite-meta: %w", err)
 	}
-	rc := repository.Config{TableName: c.tableName, Hooks: c.hooks}
+	rc := repository.Config{
+		TableName: c.tableName, Hooks: c.hooks,
+		Logger: c.logger, MeterProvider: c.meterProvider, TracerProvider: c.tracerProvider, SlowThreshold: c.slowThreshold,
+	}
 	if c.db != nil {
 		r, err := repository.New(ctx, c.db, rc)
 		if err != nil {

@@ -3,8 +3,12 @@ package sqlite
 import (
 	"errors"
 	"fmt"
+	"log/slog"
 	"strings"
+	"time"
 
+	"go.opentelemetry.io/otel/metric"
+	"go.opentelemetry.io/otel/trace"
 	"gorm.io/gorm"
 
 	"schneider.vip/retryspool/storage/meta/sqlite/model"
@@ -59,6 +63,10 @@ type config struct {
 	fileOptions    []string // the SQLite file options given, by name, for the WithDB conflict check
 	readOnly       bool
 	integrityCheck bool
+	logger         *slog.Logger
+	meterProvider  metric.MeterProvider
+	tracerProvider trace.TracerProvider
+	slowThreshold  time.Duration
 }
 
 func defaultConfig() config {
@@ -182,6 +190,39 @@ func WithTransitionHook(h TransitionHook) Option {
 // RetrySpool itself also makes moves outside the diagram.
 func WithStrictTransitions() Option { return WithTransitionHook(StrictTransitions) }
 
+// WithLogger makes the store log through l: migrations and upgrades,
+// repairs, checkpoints that failed or stayed busy while the WAL grew, waits
+// for another process's lock, transactions retried after deadlocks, calls
+// slower than WithSlowThreshold, failed calls, and Close. Nothing is logged
+// at Info or above for a call that went well; every call is logged at
+// Debug. Each record carries the attributes operation, table, engine,
+// duration and, when there is one, error. Default: no logs.
+func WithLogger(l *slog.Logger) Option { return func(c *config) { c.logger = l } }
+
+// WithMeterProvider makes the store record OpenTelemetry metrics through
+// mp: db.client.operation.duration (seconds) per operation and outcome,
+// group-commit sizes and latency, lock waits, retries, checkpoints and WAL
+// pages, and observable gauges of the messages per state, the age of the
+// oldest message per state and the due deferred messages, read from the
+// store's counters and indexes at each collection. See the README's
+// Observability section for the names. Default: no metrics.
+func WithMeterProvider(mp metric.MeterProvider) Option {
+	return func(c *config) { c.meterProvider = mp }
+}
+
+// WithTracerProvider makes the store start an OpenTelemetry span of kind
+// client per call, with the database attributes of the semantic
+// conventions and the message ID, and its error recorded. Default: no
+// spans.
+func WithTracerProvider(tp trace.TracerProvider) Option {
+	return func(c *config) { c.tracerProvider = tp }
+}
+
+// WithSlowThreshold logs calls that take longer than d at Warn through the
+// logger of WithLogger, and lock waits longer than d at Info. 0 (the
+// default) logs no slow calls; a negative d is a configuration error.
+func WithSlowThreshold(d time.Duration) Option { return func(c *config) { c.slowThreshold = d } }
+
 // ErrConfig reports an invalid option; Create returns it wrapped with the
 // details.
 var ErrConfig = errors.New("invalid configuration")
@@ -206,6 +247,9 @@ func (c *config) validate() error {
 		if h == nil {
 			bad("transition hook %d is nil", i)
 		}
+	}
+	if c.slowThreshold < 0 {
+		bad("WithSlowThreshold(%s): must not be negative", c.slowThreshold)
 	}
 	if c.dbSet {
 		if len(c.fileOptions) > 0 {

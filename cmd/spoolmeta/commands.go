@@ -104,7 +104,9 @@ func init() {
 	cmdPurge.run = runPurge
 	cmdBackup.run = runBackup
 	cmdCopy.run = runCopy
-	commands = []*command{cmdStats, cmdList, cmdShow, cmdMove, cmdRequeue, cmdPurge, cmdCheck, cmdBackup, cmdCopy, cmdDrop, cmdBench}
+	cmdShape.run = runShape
+	cmdServe.run = runServe
+	commands = []*command{cmdStats, cmdList, cmdShow, cmdMove, cmdRequeue, cmdPurge, cmdCheck, cmdBackup, cmdCopy, cmdDrop, cmdShape, cmdServe, cmdBench}
 }
 
 // withStore opens the store of cf, runs fn and closes the store.

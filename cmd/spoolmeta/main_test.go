@@ -678,21 +678,27 @@ func TestParseAge(t *testing.T) {
 func TestProgressBar(t *testing.T) {
 	t.Parallel()
 	var buf bytes.Buffer
-	p := &progressBar{w: &buf, label: "copy", start: time.Now().Add(-2 * time.Second)}
+	p := newBar(&buf, "copy")
 	p.update(50, 100)
 	line := buf.String()
-	require.True(t, strings.HasPrefix(line, "\rcopy ["))
-	require.Contains(t, line, strings.Repeat("#", 15)+strings.Repeat(".", 15))
-	require.Contains(t, line, " 50% 50/100")
-	require.Contains(t, line, "/s")
-	require.Contains(t, line, "ETA ")
-	// The last step is always drawn, without an ETA, and done ends the line.
+	require.Contains(t, line, "copy")
+	require.Contains(t, line, " 50%")
+	require.Contains(t, line, "(50/100")
+	// The last step is always drawn, and done ends the line.
 	p.update(100, 100)
 	p.done()
 	last := buf.String()[len(line):]
-	require.Contains(t, last, "100% 100/100")
-	require.NotContains(t, last, "ETA")
+	require.Contains(t, last, "100%")
+	require.Contains(t, last, "(100/100")
 	require.True(t, strings.HasSuffix(last, "\n"))
+
+	// Stopped early: the bar stays where it was.
+	buf.Reset()
+	p = newBar(&buf, "purge")
+	p.update(3, 10)
+	p.done()
+	require.Contains(t, buf.String(), "(3/10")
+	require.NotContains(t, buf.String(), "100%")
 
 	var nilBar *progressBar
 	nilBar.update(1, 2) // no bar when stdout is not a terminal

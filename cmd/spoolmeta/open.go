@@ -34,6 +34,8 @@ type connFlags struct {
 	db, dsn, table string
 	json           bool
 	fs             *flag.FlagSet // to tell flags given from defaults
+	// opts are more options for the store (serve's meter provider).
+	opts []sqlitemeta.Option
 }
 
 // given reports whether the flag was on the command line.
@@ -143,15 +145,15 @@ func openStore(ctx context.Context, cmd string, cf *connFlags, acc access) (*sto
 		if !ok {
 			return nil, usagef(cmd, "--dsn: cannot tell the engine; give postgres://..., \"host=... dbname=...\" or user@tcp(host:3306)/db")
 		}
-		return openServer(ctx, engine, dsn, cf.table, acc == create)
+		return openServer(ctx, engine, dsn, cf.table, acc == create, cf.opts...)
 	}
 	if cf.db == "" {
 		return nil, usagef(cmd, "--db: empty path")
 	}
-	return openFile(ctx, cf.db, cf.table, acc)
+	return openFile(ctx, cf.db, cf.table, acc, cf.opts...)
 }
 
-func openServer(ctx context.Context, engine, dsn, table string, create bool) (*store, error) {
+func openServer(ctx context.Context, engine, dsn, table string, create bool, extra ...sqlitemeta.Option) (*store, error) {
 	var d gorm.Dialector
 	if engine == enginePostgres {
 		d = postgres.Open(dsn)
@@ -174,7 +176,7 @@ func openServer(ctx context.Context, engine, dsn, table string, create bool) (*s
 		pool.Close()
 		return nil, fmt.Errorf("%w: table %q does not exist on %s", errNotFound, table, engine)
 	}
-	r, err := sqlitemeta.NewFactory(sqlitemeta.WithDB(db), sqlitemeta.WithTableName(table)).Open(ctx)
+	r, err := sqlitemeta.NewFactory(append([]sqlitemeta.Option{sqlitemeta.WithDB(db), sqlitemeta.WithTableName(table)}, extra...)...).Open(ctx)
 	if err != nil {
 		pool.Close()
 		return nil, err
@@ -184,7 +186,7 @@ func openServer(ctx context.Context, engine, dsn, table string, create bool) (*s
 	}}, nil
 }
 
-func openFile(ctx context.Context, path, table string, acc access) (*store, error) {
+func openFile(ctx context.Context, path, table string, acc access, extra ...sqlitemeta.Option) (*store, error) {
 	abs, err := filepath.Abs(path)
 	if err != nil {
 		return nil, err
@@ -212,7 +214,7 @@ func openFile(ctx context.Context, path, table string, acc access) (*store, erro
 			return nil, fmt.Errorf("%w: table %q does not exist in %s", errNotFound, table, abs)
 		}
 	}
-	r, err := sqlitemeta.NewFactory(opts...).Open(ctx)
+	r, err := sqlitemeta.NewFactory(append(opts, extra...)...).Open(ctx)
 	if errors.Is(err, os.ErrNotExist) {
 		return nil, fmt.Errorf("%w: %w", errNotFound, err)
 	}

@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"io"
 	"strings"
-	"sync"
 	"text/tabwriter"
 	"time"
 
@@ -146,72 +145,4 @@ func oneLine(s string, n int) string {
 		return "-"
 	}
 	return s
-}
-
-// progressBar draws "label [####....] 42% 4200/10000 1234/s ETA 5s" on w,
-// redrawn at most ten times a second. A nil *progressBar draws nothing.
-type progressBar struct {
-	mu    sync.Mutex
-	w     io.Writer
-	label string
-	start time.Time
-	last  time.Time
-	drawn bool
-}
-
-// newProgress returns a bar on stderr when stdout is a terminal, and nil
-// otherwise.
-func (a *app) newProgress(label string) *progressBar {
-	if !a.tty {
-		return nil
-	}
-	return &progressBar{w: a.stderr, label: label, start: time.Now()}
-}
-
-// update shows done of total (total 0: unknown).
-func (p *progressBar) update(done, total int64) {
-	if p == nil {
-		return
-	}
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	now := time.Now()
-	if p.drawn && now.Sub(p.last) < 100*time.Millisecond && (total == 0 || done < total) {
-		return
-	}
-	p.last, p.drawn = now, true
-	elapsed := now.Sub(p.start).Seconds()
-	rate := 0.0
-	if elapsed > 0 {
-		rate = float64(done) / elapsed
-	}
-	const width = 30
-	var b strings.Builder
-	fmt.Fprintf(&b, "\r%s ", p.label)
-	if total > 0 {
-		frac := min(float64(done)/float64(total), 1)
-		fill := int(frac * width)
-		fmt.Fprintf(&b, "[%s%s] %3.0f%% %d/%d", strings.Repeat("#", fill), strings.Repeat(".", width-fill), frac*100, done, total)
-	} else {
-		fmt.Fprintf(&b, "%d", done)
-	}
-	fmt.Fprintf(&b, "  %.0f/s", rate)
-	if total > 0 && rate > 0 && done < total {
-		eta := time.Duration(float64(total-done) / rate * float64(time.Second))
-		fmt.Fprintf(&b, "  ETA %s", eta.Round(time.Second))
-	}
-	b.WriteString("   ")
-	io.WriteString(p.w, b.String())
-}
-
-// done ends the bar's line.
-func (p *progressBar) done() {
-	if p == nil {
-		return
-	}
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	if p.drawn {
-		io.WriteString(p.w, "\n")
-	}
 }
