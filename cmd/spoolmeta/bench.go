@@ -11,7 +11,6 @@ import (
 	"sort"
 	"strconv"
 	"strings"
-	"time"
 
 	"github.com/glebarez/sqlite"
 	"gorm.io/gorm"
@@ -155,18 +154,7 @@ func runBench(ctx context.Context, a *app, args []string) error {
 		fmt.Fprintf(a.stdout, ", synchronous %s", strings.ToUpper(rep.Config.Synchronous))
 	}
 	fmt.Fprintln(a.stdout)
-	tw := newTable(a.stdout)
-	fmt.Fprintln(tw, "op\tops\tops_per_s\tp50\tp99\tfloor_ops_per_s\tratio")
-	for _, r := range rep.Results {
-		floorRate, ratio := "-", "-"
-		if r.FloorOpsPerSec > 0 {
-			floorRate = strconv.FormatFloat(r.FloorOpsPerSec, 'f', 0, 64)
-			ratio = strconv.FormatFloat(r.Ratio, 'f', 2, 64) + "x"
-		}
-		fmt.Fprintf(tw, "%s\t%d\t%.0f\t%s\t%s\t%s\t%s\n", r.Op, r.Ops, r.OpsPerSec,
-			roundLatency(r.P50), roundLatency(r.P99), floorRate, ratio)
-	}
-	if err := tw.Flush(); err != nil {
+	if err := rep.WriteTable(a.stdout); err != nil {
 		return err
 	}
 	fmt.Fprint(a.stdout, benchLegend)
@@ -227,16 +215,6 @@ func settingName(key, value string) string {
 		}
 	}
 	return value
-}
-
-func roundLatency(d time.Duration) time.Duration {
-	switch {
-	case d >= time.Second:
-		return d.Round(time.Millisecond)
-	case d >= time.Millisecond:
-		return d.Round(10 * time.Microsecond)
-	}
-	return d.Round(100 * time.Nanosecond)
 }
 
 // benchMarker is the table bench puts into a --path file it creates, so

@@ -699,18 +699,18 @@ func (e *env) settings(ctx context.Context) map[string]string {
 	return s
 }
 
-// WriteTable writes the results as an aligned table: op, ops/s, p50, p99,
-// floor ops/s, ratio.
+// WriteTable writes the results as an aligned table whose headers are
+// single words: op, ops, ops_per_s, p50, p99, floor_ops_per_s, ratio.
 func (r *Report) WriteTable(w io.Writer) error {
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(tw, "op\tops\tops/s\tp50\tp99\tfloor ops/s\tratio\t")
+	fmt.Fprintln(tw, "op\tops\tops_per_s\tp50\tp99\tfloor_ops_per_s\tratio")
 	for _, res := range r.Results {
 		floorRate, ratio := "-", "-"
 		if res.FloorOpsPerSec > 0 {
 			floorRate = strconv.FormatFloat(res.FloorOpsPerSec, 'f', 0, 64)
 			ratio = strconv.FormatFloat(res.Ratio, 'f', 2, 64) + "x"
 		}
-		fmt.Fprintf(tw, "%s\t%d\t%.0f\t%s\t%s\t%s\t%s\t\n", res.Op, res.Ops, res.OpsPerSec,
+		fmt.Fprintf(tw, "%s\t%d\t%.0f\t%s\t%s\t%s\t%s\n", res.Op, res.Ops, res.OpsPerSec,
 			roundLatency(res.P50), roundLatency(res.P99), floorRate, ratio)
 	}
 	return tw.Flush()
