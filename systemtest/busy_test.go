@@ -74,7 +74,8 @@ func busyDriverCode(err error) (int, bool) {
 }
 
 // busyChild runs the child's side: a write load of its own, and commands
-// from stdin: "race <prefix> <n>", "hold", "release", "quit".
+// from stdin: "race <prefix> <n>", "hold", "release", "pause" (end the
+// background load), "quit".
 func busyChild() error {
 	ctx := context.Background()
 	opts := []sqlitemeta.Option{sqlitemeta.WithDatabasePath(proc.Param(paramDB))}
@@ -156,6 +157,14 @@ func busyChild() error {
 				return err
 			}
 			proc.Say("RELEASED")
+		case len(f) == 1 && f[0] == "pause":
+			// The background load stops, so that the lock is free
+			// for the parent: SQLite's lock is not fair, and a busy
+			// timeout of 200 ms may miss every gap between this
+			// process's commits.
+			stop.Store(true)
+			load.Wait()
+			proc.Say("PAUSED")
 		case len(f) == 1 && f[0] == "quit":
 			stop.Store(true)
 			load.Wait()
@@ -368,6 +377,8 @@ func TestBusyShortTimeout(t *testing.T) {
 
 	c.Tell(t, "release")
 	c.WaitLine(t, "RELEASED")
+	c.Tell(t, "pause")
+	c.WaitLine(t, "PAUSED")
 	require.NoError(t, parent.StoreMeta(ctx, "blocked", fixture.Sample("blocked", metastorage.StateIncoming, 2)))
 	require.NoError(t, parent.MoveToState(ctx, "readable", metastorage.StateDeferred, metastorage.StateActive))
 	_, err = parent.GetMeta(ctx, "held")

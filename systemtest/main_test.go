@@ -10,7 +10,7 @@ import (
 
 	sqlitemeta "schneider.vip/retryspool/storage/meta/sqlite"
 	"schneider.vip/retryspool/storage/meta/sqlite/internal/testkit/proc"
-	"schneider.vip/retryspool/storage/meta/sqlite/internal/testnotice"
+	"schneider.vip/retryspool/storage/meta/sqlite/internal/testkit/notice"
 )
 
 // Roles of the child processes.
@@ -35,7 +35,7 @@ func TestMain(m *testing.M) {
 			roleClaim:   func() error { return raceChild(roleClaim) },
 		}))
 	}
-	testnotice.Print() // which server tests were skipped, once per go test run
+	notice.Print() // which server tests were skipped, once per go test run
 	goleak.VerifyTestMain(m)
 }
 

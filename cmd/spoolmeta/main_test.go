@@ -20,7 +20,7 @@ import (
 
 	sqlitemeta "schneider.vip/retryspool/storage/meta/sqlite"
 	"schneider.vip/retryspool/storage/meta/sqlite/internal/testkit/testdb"
-	"schneider.vip/retryspool/storage/meta/sqlite/internal/testnotice"
+	"schneider.vip/retryspool/storage/meta/sqlite/internal/testkit/notice"
 )
 
 // binary is the spoolmeta built once for all tests.
@@ -44,7 +44,7 @@ func TestMain(m *testing.M) {
 		os.Exit(1)
 	}
 	code := m.Run()
-	testnotice.Print()
+	notice.Print()
 	os.RemoveAll(dir)
 	os.Exit(code)
 }

@@ -1,8 +1,8 @@
-// Package testnotice tells someone running "go test ./..." in a terminal,
+// Package notice tells someone running "go test ./..." in a terminal,
 // in one line, which server tests were skipped and how to run them: go
 // test shows a passing package's output only with -v, so the line goes to
 // the terminal itself, once per go test run.
-package testnotice
+package notice
 
 import (
 	"fmt"
