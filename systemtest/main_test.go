@@ -9,8 +9,8 @@ import (
 	"go.uber.org/goleak"
 
 	sqlitemeta "schneider.vip/retryspool/storage/meta/sqlite"
-	"schneider.vip/retryspool/storage/meta/sqlite/internal/testkit/proc"
 	"schneider.vip/retryspool/storage/meta/sqlite/internal/testkit/notice"
+	"schneider.vip/retryspool/storage/meta/sqlite/internal/testkit/proc"
 )
 
 // Roles of the child processes.

@@ -19,8 +19,8 @@ import (
 	metafs "schneider.vip/retryspool/storage/meta/filesystem"
 
 	sqlitemeta "schneider.vip/retryspool/storage/meta/sqlite"
-	"schneider.vip/retryspool/storage/meta/sqlite/internal/testkit/testdb"
 	"schneider.vip/retryspool/storage/meta/sqlite/internal/testkit/notice"
+	"schneider.vip/retryspool/storage/meta/sqlite/internal/testkit/testdb"
 )
 
 // binary is the spoolmeta built once for all tests.
