@@ -90,7 +90,7 @@ type integrityJSON struct {
 }
 
 // errProblems: check found problems that remain.
-var errProblems = errors.New("problems remain")
+var errProblems = errors.New("the spool is inconsistent")
 
 func runCheck(ctx context.Context, a *app, args []string) error {
 	c := cmdCheck
@@ -183,7 +183,7 @@ func runCheck(ctx context.Context, a *app, args []string) error {
 			printCheck(a, &rep)
 		}
 		if rep.Remaining > 0 {
-			return fmt.Errorf("check: %d of %d problems remain: %w", rep.Remaining, rep.Problems, errProblems)
+			return fmt.Errorf("check: %d of %d problem(s) not fixed: %w", rep.Remaining, rep.Problems, errProblems)
 		}
 		return nil
 	})
@@ -427,7 +427,7 @@ func printCheck(a *app, rep *checkJSON) {
 		}
 	}
 	if d := rep.Data; d != nil {
-		fmt.Fprintf(w, "data:      %s: %d bodies, %d without metadata, %d messages without a body, %d other files, %d younger than --min-age left out\n",
+		fmt.Fprintf(w, "data:      %s: %d bodies, %d without metadata, %d message(s) without a body, %d other files, %d younger than --min-age left out\n",
 			d.Dir, d.Bodies, len(d.OrphanedBodies), len(d.MissingBodies), len(d.OtherFiles), d.SkippedYoung)
 		for _, id := range d.OrphanedBodies {
 			fmt.Fprintf(w, "  body without metadata    %s\n", fmtID(id))
@@ -455,12 +455,12 @@ func printCheck(a *app, rep *checkJSON) {
 	case rep.Problems == 0:
 		fmt.Fprintf(w, "no problems found\n")
 	case rep.Remaining == 0:
-		fmt.Fprintf(w, "%d problems found, all fixed\n", rep.Problems)
+		fmt.Fprintf(w, "%d problem(s) found, all fixed\n", rep.Problems)
 	case rep.Fix && rep.DryRun:
-		fmt.Fprintf(w, "%d problems found; run again without --dry-run to fix them\n", rep.Problems)
+		fmt.Fprintf(w, "%d problem(s) found; run again without --dry-run to fix them\n", rep.Problems)
 	case !rep.Fix:
-		fmt.Fprintf(w, "%d problems found; 'spoolmeta check --fix --dry-run' shows what --fix would do\n", rep.Problems)
+		fmt.Fprintf(w, "%d problem(s) found; 'spoolmeta check --fix --dry-run' shows what --fix would do\n", rep.Problems)
 	default:
-		fmt.Fprintf(w, "%d problems found, %d remain\n", rep.Problems, rep.Remaining)
+		fmt.Fprintf(w, "%d problem(s) found, %d remain\n", rep.Problems, rep.Remaining)
 	}
 }
