@@ -22,7 +22,13 @@ func (p readPool) read(ctx context.Context, snapshot bool, fn func(c conn) error
 	if !snapshot {
 		return fn(conn{ctx: ctx, pool: p.pool, base: p.base})
 	}
-	tx, err := p.pool.BeginTx(ctx, p.readTx)
+	return p.inTx(ctx, p.readTx, fn)
+}
+
+// inTx runs fn in a transaction of the pool with opts, and commits it when
+// fn returns nil.
+func (p readPool) inTx(ctx context.Context, opts *sql.TxOptions, fn func(c conn) error) error {
+	tx, err := p.pool.BeginTx(ctx, opts)
 	if err != nil {
 		return err
 	}
@@ -59,17 +65,7 @@ func (e *serverExec) retry(ctx context.Context, op string, attempt func() error)
 }
 
 func (e *serverExec) write(ctx context.Context, fn func(c conn) error) error {
-	return e.retry(ctx, "transaction", func() error {
-		tx, err := e.pool.BeginTx(ctx, e.writeTx)
-		if err != nil {
-			return err
-		}
-		defer tx.Rollback() //nolint:errcheck // after Commit, a no-op
-		if err := fn(conn{ctx: ctx, pool: tx, base: e.base}); err != nil {
-			return err
-		}
-		return tx.Commit()
-	})
+	return e.retry(ctx, "transaction", func() error { return e.inTx(ctx, e.writeTx, fn) })
 }
 
 func (e *serverExec) exec(ctx context.Context, query string, args ...any) (int64, error) {
