@@ -3,7 +3,6 @@ package metatest
 import (
 	"context"
 	"fmt"
-	"math/rand/v2"
 	"sort"
 	"strings"
 	"sync"
@@ -22,33 +21,33 @@ import (
 func Run(t *testing.T, newBackend func(t *testing.T) metastorage.Backend, tolerate ...Deviation) {
 	s := newSuite(newBackend, tolerate)
 	run(t, []subtest{
-		{"StoreGetRoundTrip", s.testRoundTrip},
-		{"ZeroTimesAndNilHeaders", s.testZeroValues},
-		{"HeaderStrings", s.testHeaderStrings},
-		{"LargeHeaders", s.testLargeHeaders},
-		{"IDsAreExactBytes", s.testExactIDs},
-		{"StoreReplaces", s.testStoreReplaces},
-		{"StoreReplacesAcrossStates", s.testStoreAcrossStates},
-		{"UpdateMeta", s.testUpdate},
-		{"UpdateMetaUnknownID", s.testUpdateUnknown},
-		{"DeleteMeta", s.testDelete},
-		{"MoveToState", s.testMove},
-		{"MoveToStateSameState", s.testMoveSameState},
-		{"MoveToStateInvalidState", s.testMoveInvalidState},
-		{"MoveToStateRace", s.testMoveRace},
-		{"Iterator", s.testIterator},
-		{"IteratorEmptyState", s.testIteratorEmpty},
-		{"IteratorWhileMoving", s.testIteratorWhileMoving},
-		{"ListMessagesSort", s.testListSort},
-		{"ListMessagesDefaults", s.testListDefaults},
-		{"ListMessagesPaging", s.testListPaging},
-		{"ListMessagesSince", s.testListSince},
-		{"ListMessagesBadInput", s.testListBadInput},
-		{"StateCounts", s.testStateCounts},
-		{"BadInputLeavesData", s.testBadInput},
-		{"CancelledContext", s.testCancelled},
-		{"Closed", s.testClosed},
-		{"CloseWhileBusy", s.testCloseWhileBusy},
+		{Name: "StoreGetRoundTrip", Fn: s.testRoundTrip},
+		{Name: "ZeroTimesAndNilHeaders", Fn: s.testZeroValues},
+		{Name: "HeaderStrings", Fn: s.testHeaderStrings},
+		{Name: "LargeHeaders", Fn: s.testLargeHeaders},
+		{Name: "IDsAreExactBytes", Fn: s.testExactIDs},
+		{Name: "StoreReplaces", Fn: s.testStoreReplaces},
+		{Name: "StoreReplacesAcrossStates", Fn: s.testStoreAcrossStates},
+		{Name: "UpdateMeta", Fn: s.testUpdate},
+		{Name: "UpdateMetaUnknownID", Fn: s.testUpdateUnknown},
+		{Name: "DeleteMeta", Fn: s.testDelete},
+		{Name: "MoveToState", Fn: s.testMove},
+		{Name: "MoveToStateSameState", Fn: s.testMoveSameState},
+		{Name: "MoveToStateInvalidState", Fn: s.testMoveInvalidState},
+		{Name: "MoveToStateRace", Fn: s.testMoveRace},
+		{Name: "Iterator", Fn: s.testIterator},
+		{Name: "IteratorEmptyState", Fn: s.testIteratorEmpty},
+		{Name: "IteratorWhileMoving", Fn: s.testIteratorWhileMoving},
+		{Name: "ListMessagesSort", Fn: s.testListSort},
+		{Name: "ListMessagesDefaults", Fn: s.testListDefaults},
+		{Name: "ListMessagesPaging", Fn: s.testListPaging},
+		{Name: "ListMessagesSince", Fn: s.testListSince},
+		{Name: "ListMessagesBadInput", Fn: s.testListBadInput},
+		{Name: "StateCounts", Fn: s.testStateCounts},
+		{Name: "BadInputLeavesData", Fn: s.testBadInput},
+		{Name: "CancelledContext", Fn: s.testCancelled},
+		{Name: "Closed", Fn: s.testClosed},
+		{Name: "CloseWhileBusy", Fn: s.testCloseWhileBusy},
 	})
 }
 
@@ -382,26 +381,6 @@ func (s *suite) testMoveRace(t *testing.T) {
 	want := targets[winner%len(targets)]
 	require.Equal(t, want, get(t, b, "m").State, "the winner's move is the one stored")
 	requireCounts(t, b, counts{want: 1})
-}
-
-// iteratorFixture stores n messages in state Incoming whose Created times
-// come in groups of three equal ones, in an order that is neither ID nor
-// time order, plus messages in other states in between.
-func iteratorFixture(t *testing.T, b metastorage.Backend, n int) []metastorage.MessageMetadata {
-	t.Helper()
-	rnd := rand.New(rand.NewPCG(uint64(n), 7))
-	order, times := rnd.Perm(n), rnd.Perm(n)
-	var in []metastorage.MessageMetadata
-	for _, k := range order {
-		in = append(in, Message(seqID("it", k), metastorage.StateIncoming, at(times[k]/3)))
-	}
-	var others []metastorage.MessageMetadata
-	for i := range 4 {
-		others = append(others, Message(seqID("other", i), metastorage.StateActive, at(i)))
-	}
-	store(t, b, in...)
-	store(t, b, others...)
-	return in
 }
 
 func (s *suite) testIterator(t *testing.T) {

@@ -51,16 +51,16 @@ func RunStrict(t *testing.T, newBackend func(t *testing.T) metastorage.Backend, 
 	s := newSuite(newBackend, nil)
 	s.lim = lim
 	run(t, []subtest{
-		{"StateCounter", s.testHasCounter},
-		{"InvalidInput", s.testInvalidInput},
-		{"IDLength", s.testIDLength},
-		{"EmptyMetadataID", s.testEmptyMetadataID},
-		{"TimeRange", s.testTimeRange},
-		{"InvalidStates", s.testInvalidStates},
-		{"ListInvalidInput", s.testListInvalidInput},
-		{"CancelledContextError", s.testCancelledError},
-		{"IteratorExactOrder", s.testIteratorExactOrder},
-		{"IteratorClose", s.testIteratorClose},
+		{Name: "StateCounter", Fn: s.testHasCounter},
+		{Name: "InvalidInput", Fn: s.testInvalidInput},
+		{Name: "IDLength", Fn: s.testIDLength},
+		{Name: "EmptyMetadataID", Fn: s.testEmptyMetadataID},
+		{Name: "TimeRange", Fn: s.testTimeRange},
+		{Name: "InvalidStates", Fn: s.testInvalidStates},
+		{Name: "ListInvalidInput", Fn: s.testListInvalidInput},
+		{Name: "CancelledContextError", Fn: s.testCancelledError},
+		{Name: "IteratorExactOrder", Fn: s.testIteratorExactOrder},
+		{Name: "IteratorClose", Fn: s.testIteratorClose},
 	})
 }
 

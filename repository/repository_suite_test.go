@@ -24,20 +24,20 @@ import (
 func runRepository(t *testing.T, newRepo func(t *testing.T) *repository.Repository) {
 	rs := &repoSuite{newRepo: newRepo}
 	run(t, []subtest{
-		{"StoreMetaBatch", rs.testBatch},
-		{"StoreMetaBatchAllOrNothing", rs.testBatchAllOrNothing},
-		{"ClaimMessages", rs.testClaim},
-		{"ClaimMessagesBadInput", rs.testClaimBadInput},
-		{"DueMessagesAndClaimDue", rs.testDue},
-		{"ClaimRace", rs.testClaimRace},
-		{"ClaimDueRace", rs.testClaimDueRace},
-		{"SchedulerChurn", rs.testSchedulerChurn},
-		{"StateCount", rs.testStateCount},
-		{"WithTxCommit", rs.testWithTxCommit},
-		{"WithTxRollback", rs.testWithTxRollback},
-		{"WithTxFailedCallKeepsTx", rs.testWithTxFailedCall},
-		{"Transaction", rs.testTransaction},
-		{"Closed", rs.testRepoClosed},
+		{Name: "StoreMetaBatch", Fn: rs.testBatch},
+		{Name: "StoreMetaBatchAllOrNothing", Fn: rs.testBatchAllOrNothing},
+		{Name: "ClaimMessages", Fn: rs.testClaim},
+		{Name: "ClaimMessagesBadInput", Fn: rs.testClaimBadInput},
+		{Name: "DueMessagesAndClaimDue", Fn: rs.testDue},
+		{Name: "ClaimRace", Fn: rs.testClaimRace},
+		{Name: "ClaimDueRace", Fn: rs.testClaimDueRace},
+		{Name: "SchedulerChurn", Fn: rs.testSchedulerChurn},
+		{Name: "StateCount", Fn: rs.testStateCount},
+		{Name: "WithTxCommit", Fn: rs.testWithTxCommit},
+		{Name: "WithTxRollback", Fn: rs.testWithTxRollback},
+		{Name: "WithTxFailedCallKeepsTx", Fn: rs.testWithTxFailedCall},
+		{Name: "Transaction", Fn: rs.testTransaction},
+		{Name: "Closed", Fn: rs.testRepoClosed},
 	})
 }
 
