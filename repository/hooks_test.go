@@ -16,6 +16,7 @@ import (
 	metastorage "schneider.vip/retryspool/storage/meta"
 
 	sqlitemeta "schneider.vip/retryspool/storage/meta/sqlite"
+	"schneider.vip/retryspool/storage/meta/sqlite/internal/testkit/fixture"
 )
 
 // errHookVeto is what the refusing hooks of these tests return.
@@ -433,31 +434,6 @@ func TestHookErrorsUnderConcurrentMoves(t *testing.T) {
 	})
 }
 
-// hookDiagram is RetrySpool's state diagram as documented: incoming to
-// active; active to deferred, bounce, archived or incoming; deferred to
-// active; bounce to active or archived; archived to incoming; hold to and
-// from any state.
-var hookDiagram = map[[2]metastorage.QueueState]bool{
-	{metastorage.StateIncoming, metastorage.StateActive}:   true,
-	{metastorage.StateActive, metastorage.StateDeferred}:   true,
-	{metastorage.StateActive, metastorage.StateBounce}:     true,
-	{metastorage.StateActive, metastorage.StateArchived}:   true,
-	{metastorage.StateActive, metastorage.StateIncoming}:   true,
-	{metastorage.StateDeferred, metastorage.StateActive}:   true,
-	{metastorage.StateBounce, metastorage.StateActive}:     true,
-	{metastorage.StateBounce, metastorage.StateArchived}:   true,
-	{metastorage.StateArchived, metastorage.StateIncoming}: true,
-}
-
-func hookAllowed(from, to metastorage.QueueState) bool {
-	return from == metastorage.StateHold || to == metastorage.StateHold || hookDiagram[[2]metastorage.QueueState{from, to}]
-}
-
-var hookStates = []metastorage.QueueState{
-	metastorage.StateIncoming, metastorage.StateActive, metastorage.StateDeferred,
-	metastorage.StateHold, metastorage.StateBounce, metastorage.StateArchived,
-}
-
 func TestStrictTransitionsEnforced(t *testing.T) {
 	t.Parallel()
 	forColumns(t, true, func(t *testing.T, c column, newEnv func(t *testing.T) *dbEnv) {
@@ -467,8 +443,8 @@ func TestStrictTransitionsEnforced(t *testing.T) {
 		now := time.Now()
 
 		counts := map[metastorage.QueueState]int64{}
-		for _, from := range hookStates {
-			for _, to := range hookStates {
+		for _, from := range fixture.States {
+			for _, to := range fixture.States {
 				if from == to {
 					continue
 				}
@@ -476,7 +452,7 @@ func TestStrictTransitionsEnforced(t *testing.T) {
 				// Creating a message in any state is not a move.
 				require.NoError(t, r.StoreMeta(ctx, id, hookMeta(id, from, now)), id)
 				err := r.MoveToState(ctx, id, from, to)
-				if hookAllowed(from, to) {
+				if fixture.DiagramAllows(from, to) {
 					require.NoError(t, err, id)
 					hookRequireState(t, r, id, to)
 					counts[to]++
