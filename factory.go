@@ -39,6 +39,7 @@ var (
 	ErrCopyMismatch   = repository.ErrCopyMismatch
 	ErrReadOnly       = repository.ErrReadOnly
 	ErrReentrantCall  = repository.ErrReentrantCall
+	ErrOutcomeUnknown = repository.ErrOutcomeUnknown
 
 	// ErrNotDatabase reports a database path whose file is not a SQLite
 	// database, or is truncated or corrupt. The file is left untouched.

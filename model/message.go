@@ -48,6 +48,12 @@ type Message struct {
 	// RetryPolicyName came after the first schema; the default lets
 	// AutoMigrate add it to tables that already hold rows.
 	RetryPolicyName string `gorm:"column:retry_policy_name;size:255;not null;default:''"`
+	// Stamp identifies the last write of the store that changed the row:
+	// a number of its own per write, which the write fence (see Write)
+	// records on PostgreSQL and MySQL/MariaDB. It is not part of the
+	// record callers see. The default lets AutoMigrate add it to tables
+	// of schema version 1.
+	Stamp int64 `gorm:"column:stamp;not null;default:0"`
 }
 
 // TableName is the default table; callers pick another with db.Table.
@@ -61,6 +67,19 @@ type StateCount struct {
 	State int   `gorm:"column:state;primaryKey;autoIncrement:false"`
 	Shard int   `gorm:"column:shard;primaryKey;autoIncrement:false"`
 	N     int64 `gorm:"column:n;not null"`
+}
+
+// Write is one row of a queue's write fence, <table>_writes, on the server
+// engines: a trigger records (stamp, id) for every message row that a
+// write of the store inserts, updates or deletes, in the same transaction.
+// When a connection dies while a write's commit is in flight, the store
+// inserts the write's own (stamp, id) pairs itself: a duplicate key proves
+// that the write committed, and a successful insert proves that it did not
+// and never will, since the write's trigger would now fail on the same
+// key. Rows older than the fence's retention are pruned.
+type Write struct {
+	Stamp int64     `gorm:"column:stamp;primaryKey;autoIncrement:false"`
+	ID    MessageID `gorm:"column:id;primaryKey"`
 }
 
 // SchemaVersion records which version of this library's schema a message

@@ -3,7 +3,6 @@ package repository
 import (
 	"context"
 	"fmt"
-	"log/slog"
 	"time"
 
 	metastorage "schneider.vip/retryspool/storage/meta"
@@ -43,22 +42,31 @@ func (r *Repository) StoreMetaBatch(ctx context.Context, records []metastorage.M
 		return err
 	}
 	defer func() { err = c.end(err) }()
-	err = r.ex.write(ctx, func(c conn) error {
-		if len(r.hooks) > 0 {
-			for _, rw := range rows {
-				if err := r.storeHooked(c, rw); err != nil {
+	ids := make([]string, len(rows))
+	for i, rw := range rows {
+		ids[i] = string(rw.m.ID)
+	}
+	_, err = r.settled(ctx, "StoreMetaBatch", func() []string { return ids }, func(stamp int64) error {
+		for _, rw := range rows {
+			rw.args[len(rw.args)-1] = stamp
+		}
+		return r.ex.write(ctx, func(c conn) error {
+			if len(r.hooks) > 0 {
+				for _, rw := range rows {
+					if err := r.storeHooked(c, rw); err != nil {
+						return err
+					}
+				}
+				return nil
+			}
+			for start := 0; start < len(rows); start += rowsPerStatement {
+				chunk := rows[start:min(start+rowsPerStatement, len(rows))]
+				if _, err := c.exec(r.s.upsertN(r.d, len(chunk)), flatArgs(chunk)...); err != nil {
 					return err
 				}
 			}
 			return nil
-		}
-		for start := 0; start < len(rows); start += rowsPerStatement {
-			chunk := rows[start:min(start+rowsPerStatement, len(rows))]
-			if _, err := c.exec(r.s.upsertN(r.d, len(chunk)), flatArgs(chunk)...); err != nil {
-				return err
-			}
-		}
-		return nil
+		})
 	})
 	if err != nil {
 		return fmt.Errorf("store meta batch of %d: %w", len(rows), r.closedOr(err))
@@ -140,28 +148,31 @@ func (r *Repository) claim(ctx context.Context, op string, from, to metastorage.
 	}
 	defer func() { err = c.end(err) }()
 	var ids []string
-	var now int64
-	err = r.ex.write(ctx, func(c conn) (err error) {
-		out, now = nil, time.Now().UnixNano()
-		if ids, err = r.selectIDs(c, pick, key, limit); err != nil || len(ids) == 0 {
-			return err
-		}
-		if err := r.moveLocked(c, ids, from, to, now); err != nil {
-			return err
-		}
-		got, err := r.getMany(c, ids)
-		if err != nil {
-			return err
-		}
-		out = inOrder(got, ids)
-		return nil
+	v, err := r.settled(ctx, op, func() []string { return ids }, func(stamp int64) error {
+		return r.ex.write(ctx, func(c conn) (err error) {
+			out = nil
+			if ids, err = r.selectIDs(c, pick, key, limit); err != nil || len(ids) == 0 {
+				return err
+			}
+			if err := r.moveLocked(c, ids, from, to, time.Now().UnixNano(), stamp); err != nil {
+				return err
+			}
+			got, err := r.getMany(c, ids)
+			if err != nil {
+				return err
+			}
+			out = inOrder(got, ids)
+			return nil
+		})
 	})
-	if err != nil && len(ids) > 0 && r.d.connLost(err) {
-		// The claim's outcome is unknown: it may have committed as the
-		// connection died. If it did, its messages are this caller's.
-		if got, ok, verr := r.landed(ctx, ids, to, now); verr == nil && ok {
-			out, err = inOrder(got, ids), nil
-		}
+	if v == landed {
+		// The claim committed as its connection died: its messages are
+		// this caller's. Read them as they are now.
+		err = r.ex.read(ctx, false, func(c conn) error {
+			got, err := r.getMany(c, ids)
+			out = inOrder(got, ids)
+			return err
+		})
 	}
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", op, r.closedOr(err))
@@ -189,11 +200,12 @@ func (r *Repository) selectIDs(c conn, query string, args ...any) ([]string, err
 
 // moveLocked moves messages that the transaction holds (locked on the
 // server engines) from one state to another, sets their Updated to now and
-// runs the hooks of each move. A message no longer in from is a conflict.
-func (r *Repository) moveLocked(c conn, ids []string, from, to metastorage.QueueState, now int64) error {
+// their stamp to the write's, and runs the hooks of each move. A message
+// no longer in from is a conflict.
+func (r *Repository) moveLocked(c conn, ids []string, from, to metastorage.QueueState, now, stamp int64) error {
 	for start := 0; start < len(ids); start += rowsPerStatement {
 		chunk := ids[start:min(start+rowsPerStatement, len(ids))]
-		args := append([]any{int(to), now}, idArgs(chunk, int(from))...)
+		args := append([]any{int(to), now, stamp}, idArgs(chunk, int(from))...)
 		n, err := c.exec(r.moveIDs(len(chunk)), args...)
 		if err != nil {
 			return err
@@ -268,50 +280,3 @@ func inOrder(mds []metastorage.MessageMetadata, ids []string) []metastorage.Mess
 	}
 	return kept
 }
-
-// landed tells, after the connection died under a write of this process
-// (a claim or a move, which set each message's state and its Updated to
-// updated), whether that write committed, and returns the records it
-// wrote if it did. Updated, to the nanosecond, together with the state is
-// the write's token: no other write sets the same. The check reads on
-// another connection with a locking read, which waits until the dead
-// connection's transaction has ended, committed or rolled back, so the
-// answer is final.
-func (r *Repository) landed(ctx context.Context, ids []string, state metastorage.QueueState, updated int64) ([]metastorage.MessageMetadata, bool, error) {
-	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), landedTimeout)
-	defer cancel()
-	var mine []metastorage.MessageMetadata
-	check := func(c conn) error {
-		mine = mine[:0]
-		for start := 0; start < len(ids); start += rowsPerStatement {
-			chunk := ids[start:min(start+rowsPerStatement, len(ids))]
-			mds, err := r.selectMessages(c, r.byIDs(len(chunk))+r.d.forUpdate, idArgs(chunk)...)
-			if err != nil {
-				return err
-			}
-			for _, md := range mds {
-				if md.State == state && md.Updated.UnixNano() == updated {
-					mine = append(mine, md)
-				}
-			}
-		}
-		return nil
-	}
-	var err error
-	for range maxTxAttempts { // the check's own connection may die too
-		if err = r.ex.write(ctx, check); err == nil || !r.d.connLost(err) {
-			break
-		}
-	}
-	if err != nil {
-		return nil, false, err
-	}
-	if r.tel != nil {
-		r.tel.Log(ctx, slog.LevelWarn, "connection lost during a write; checked its outcome",
-			slog.Int("messages", len(ids)), slog.Bool("committed", len(mine) > 0))
-	}
-	return mine, len(mine) > 0, nil
-}
-
-// landedTimeout bounds the check of a write whose connection died.
-const landedTimeout = 30 * time.Second

@@ -20,18 +20,14 @@ func (r *Repository) StoreMeta(ctx context.Context, messageID string, metadata m
 		return err
 	}
 	defer func() { err = c.end(err) }()
-	for attempt := 0; attempt < 2; attempt++ {
+	_, err = r.settled(ctx, "StoreMeta", one(messageID), func(stamp int64) error {
+		rw.args[len(rw.args)-1] = stamp
 		if len(r.hooks) == 0 {
-			_, err = r.ex.exec(ctx, r.s.upsert, rw.args...)
-		} else {
-			err = r.ex.write(ctx, func(c conn) error { return r.storeHooked(c, rw) })
+			_, err := r.ex.exec(ctx, r.s.upsert, rw.args...)
+			return err
 		}
-		// A store is idempotent: when the connection died and the
-		// outcome is unknown, storing again on another one settles it.
-		if err == nil || !r.d.connLost(err) {
-			break
-		}
-	}
+		return r.ex.write(ctx, func(c conn) error { return r.storeHooked(c, rw) })
+	})
 	if err != nil {
 		return fmt.Errorf("store meta %q: %w", messageID, r.closedOr(err))
 	}
@@ -72,12 +68,16 @@ func (r *Repository) UpdateMeta(ctx context.Context, messageID string, metadata 
 	defer func() { err = c.end(err) }()
 	args := append(rw.args[1:len(rw.args):len(rw.args)], messageID)
 	var n int64
-	if len(r.hooks) == 0 {
-		n, err = r.ex.exec(ctx, r.s.update, args...)
-	} else {
-		err = r.ex.write(ctx, func(c conn) error {
+	v, err := r.settled(ctx, "UpdateMeta", one(messageID), func(stamp int64) (err error) {
+		args[len(args)-2] = stamp
+		if len(r.hooks) == 0 {
+			n, err = r.ex.exec(ctx, r.s.update, args...)
+			return err
+		}
+		return r.ex.write(ctx, func(c conn) error {
 			from, found, err := r.lockedState(c, messageID)
 			if err != nil || !found {
+				n = 0
 				return err
 			}
 			if n, err = c.exec(r.s.update, args...); err != nil {
@@ -88,10 +88,13 @@ func (r *Repository) UpdateMeta(ctx context.Context, messageID string, metadata 
 			}
 			return nil
 		})
+	})
+	if v == landed {
+		return nil
 	}
 	if err == nil && n == 0 {
-		// Not found, or MySQL, which counts an UPDATE that changes
-		// nothing as zero rows.
+		// Not found. (MySQL counts an UPDATE that changes nothing as
+		// zero rows, but every update sets a new stamp.)
 		err = r.ex.read(ctx, false, func(c conn) error {
 			if found, err := r.exists(c, messageID); err != nil || found {
 				return err
@@ -115,7 +118,14 @@ func (r *Repository) DeleteMeta(ctx context.Context, messageID string) (err erro
 		return err
 	}
 	defer func() { err = c.end(err) }()
-	n, err := r.ex.exec(ctx, r.s.del, messageID)
+	var n int64
+	v, err := r.settled(ctx, "DeleteMeta", one(messageID), func(stamp int64) (err error) {
+		n, err = r.ex.exec(ctx, r.s.del, messageID, stampText(stamp))
+		return err
+	})
+	if v == landed {
+		return nil
+	}
 	if err == nil && n == 0 {
 		err = metastorage.ErrMessageNotFound
 	}
@@ -145,26 +155,25 @@ func (r *Repository) MoveToState(ctx context.Context, messageID string, fromStat
 		return err
 	}
 	defer func() { err = c.end(err) }()
-	n, now := int64(0), time.Now().UnixNano()
+	var n int64
 	if fromState != toState {
-		args := []any{int(toState), now, messageID, int(fromState)}
-		if len(r.hooks) == 0 {
-			n, err = r.ex.exec(ctx, r.s.cas, args...)
-		} else {
-			err = r.ex.write(ctx, func(c conn) error {
+		v, merr := r.settled(ctx, "MoveToState", one(messageID), func(stamp int64) (err error) {
+			args := []any{int(toState), time.Now().UnixNano(), stamp, messageID, int(fromState)}
+			if len(r.hooks) == 0 {
+				n, err = r.ex.exec(ctx, r.s.cas, args...)
+				return err
+			}
+			return r.ex.write(ctx, func(c conn) error {
 				if n, err = c.exec(r.s.cas, args...); err != nil || n == 0 {
 					return err
 				}
 				return r.runHooks(c, Transition{MessageID: messageID, From: fromState, To: toState})
 			})
-		}
-	}
-	if err != nil && fromState != toState && r.d.connLost(err) {
-		// The move's outcome is unknown: it may have committed as the
-		// connection died.
-		if _, ok, verr := r.landed(ctx, []string{messageID}, toState, now); verr == nil && ok {
+		})
+		if v == landed {
 			return nil
 		}
+		err = merr
 	}
 	if err == nil && n == 0 {
 		// Nothing moved: tell not found from conflict. A same-state

@@ -39,7 +39,7 @@ func modelColumns() []string {
 func rowArgs(m *model.Message, headers any) []any {
 	return []any{
 		string(m.ID), m.State, m.Attempts, m.MaxAttempts, m.NextRetry, m.Created,
-		m.Updated, m.LastError, m.Size, m.Priority, headers, m.RetryPolicyName,
+		m.Updated, m.LastError, m.Size, m.Priority, headers, m.RetryPolicyName, m.Stamp,
 	}
 }
 
@@ -47,7 +47,7 @@ func rowArgs(m *model.Message, headers any) []any {
 func scanDest(m *model.Message, dst []any) []any {
 	return append(dst,
 		&m.ID, &m.State, &m.Attempts, &m.MaxAttempts, &m.NextRetry, &m.Created,
-		&m.Updated, &m.LastError, &m.Size, &m.Priority, &m.Headers, &m.RetryPolicyName,
+		&m.Updated, &m.LastError, &m.Size, &m.Priority, &m.Headers, &m.RetryPolicyName, &m.Stamp,
 	)
 }
 

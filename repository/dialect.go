@@ -65,6 +65,9 @@ type dialect struct {
 	busy         func(err error) bool   // locked by another connection or process
 	retryable    func(err error) bool   // the transaction may simply run again
 	connLost     func(err error) bool   // the connection died: a COMMIT in flight may or may not have landed
+	duplicate    func(err error) bool   // a unique key refused an insert
+	fenced       bool                   // triggers record every write in the write fence (model.Write)
+	deleteStamp  string                 // a DELETE's condition that hands its stamp (text) to the fence trigger
 	backupSQL    string                 // "VACUUM INTO ?" where the engine can copy itself
 	ownIndex     func(name string) bool // an index the engine made itself
 }
@@ -116,6 +119,11 @@ func (d dialect) bind(query string) string {
 type tables struct {
 	messages string
 	counts   string
+	writes   string // the write fence, on the server engines
+}
+
+func tablesOf(messages string) tables {
+	return tables{messages: messages, counts: messages + "_counts", writes: messages + "_writes"}
 }
 
 var sqliteDialect = dialect{
@@ -153,8 +161,12 @@ var sqliteDialect = dialect{
 	busy:      sqliteBusy,
 	retryable: func(error) bool { return false },
 	connLost:  func(error) bool { return false }, // in-process: a commit's outcome is always known
-	backupSQL: "VACUUM INTO ?",
-	ownIndex:  func(name string) bool { return strings.HasPrefix(name, "sqlite_autoindex") },
+	duplicate: func(error) bool { return false },
+	// No fence: a commit's outcome is always known in-process, so the
+	// stamp is only bound.
+	deleteStamp: "? IS NOT NULL",
+	backupSQL:   "VACUUM INTO ?",
+	ownIndex:    func(name string) bool { return strings.HasPrefix(name, "sqlite_autoindex") },
 }
 
 // sqliteBusy recognises SQLITE_BUSY and SQLITE_LOCKED from any SQLite
@@ -207,12 +219,33 @@ END $$`, fn, c, shard, c, shard, c, shard),
 			fmt.Sprintf(`DROP TRIGGER IF EXISTS "%s_count" ON %s`, t.messages, m),
 			fmt.Sprintf(`CREATE TRIGGER "%s_count" AFTER INSERT OR DELETE OR UPDATE OF state ON %s `+
 				`FOR EACH ROW EXECUTE FUNCTION %s()`, t.messages, m, fn),
+			// The write fence: a write of the store sets a new stamp on
+			// the rows it inserts or updates, and a DELETE hands its
+			// stamp over in a transaction-local setting.
+			fmt.Sprintf(`CREATE OR REPLACE FUNCTION "%s_fence"() RETURNS trigger LANGUAGE plpgsql AS $$
+DECLARE s bigint;
+BEGIN
+  IF TG_OP = 'DELETE' THEN
+    s := NULLIF(current_setting('retryspool.stamp', true), '')::bigint;
+    IF s IS NOT NULL THEN
+      INSERT INTO "%s" (stamp, id) VALUES (s, OLD.id);
+    END IF;
+  ELSIF NEW.stamp <> 0 AND (TG_OP = 'INSERT' OR NEW.stamp <> OLD.stamp) THEN
+    INSERT INTO "%s" (stamp, id) VALUES (NEW.stamp, NEW.id);
+  END IF;
+  RETURN NULL;
+END $$`, t.messages, t.writes, t.writes),
+			fmt.Sprintf(`DROP TRIGGER IF EXISTS "%s_fence" ON %s`, t.messages, m),
+			fmt.Sprintf(`CREATE TRIGGER "%s_fence" AFTER INSERT OR DELETE OR UPDATE ON %s `+
+				`FOR EACH ROW EXECUTE FUNCTION "%s_fence"()`, t.messages, m, t.messages),
 		}
 	},
 	dropTriggers: func(t tables) []string {
 		return []string{
 			fmt.Sprintf(`DROP TRIGGER IF EXISTS "%s_count" ON "%s"`, t.messages, t.messages),
 			fmt.Sprintf(`DROP FUNCTION IF EXISTS "%s_count"()`, t.messages),
+			fmt.Sprintf(`DROP TRIGGER IF EXISTS "%s_fence" ON "%s"`, t.messages, t.messages),
+			fmt.Sprintf(`DROP FUNCTION IF EXISTS "%s_fence"()`, t.messages),
 		}
 	},
 	// A transaction-scoped advisory lock: released by COMMIT or ROLLBACK.
@@ -227,7 +260,10 @@ END $$`, fn, c, shard, c, shard, c, shard),
 		// connection_exception class.
 		return pgState(err, "57P01", "57P02", "57P03", "08000", "08003", "08006", "08001", "08004") || netLost(err)
 	},
-	ownIndex: func(string) bool { return false },
+	duplicate:   func(err error) bool { return pgState(err, "23505") }, // unique_violation
+	fenced:      true,
+	deleteStamp: "set_config('retryspool.stamp', CAST(? AS text), true) IS NOT NULL",
+	ownIndex:    func(string) bool { return false },
 }
 
 // pgState reports whether err carries one of the PostgreSQL SQLSTATEs.
@@ -288,7 +324,7 @@ var mysqlDialect = dialect{
 	shards:       counterShards,
 	tableOptions: "ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin",
 	triggers: func(t tables) []string {
-		m, c := "`"+t.messages+"`", "`"+t.counts+"`"
+		m, c, w := "`"+t.messages+"`", "`"+t.counts+"`", "`"+t.writes+"`"
 		shard := fmt.Sprintf("(CONNECTION_ID() %% %d)", counterShards)
 		return []string{
 			fmt.Sprintf("CREATE TRIGGER IF NOT EXISTS `%s_count_insert` AFTER INSERT ON %s FOR EACH ROW "+
@@ -298,12 +334,21 @@ var mysqlDialect = dialect{
 			fmt.Sprintf("CREATE TRIGGER IF NOT EXISTS `%s_count_update` AFTER UPDATE ON %s FOR EACH ROW "+
 				"UPDATE %s SET n = n + (CASE WHEN state = NEW.state THEN 1 ELSE -1 END) "+
 				"WHERE OLD.state <> NEW.state AND shard = %s AND state IN (OLD.state, NEW.state)", t.messages, m, c, shard),
+			// The write fence: a write of the store sets a new stamp on
+			// the rows it inserts or updates, and a DELETE hands its
+			// stamp over in a session variable.
+			fmt.Sprintf("CREATE TRIGGER IF NOT EXISTS `%s_fence_insert` AFTER INSERT ON %s FOR EACH ROW "+
+				"INSERT INTO %s (stamp, id) SELECT NEW.stamp, NEW.id FROM DUAL WHERE NEW.stamp <> 0", t.messages, m, w),
+			fmt.Sprintf("CREATE TRIGGER IF NOT EXISTS `%s_fence_update` AFTER UPDATE ON %s FOR EACH ROW "+
+				"INSERT INTO %s (stamp, id) SELECT NEW.stamp, NEW.id FROM DUAL WHERE NEW.stamp <> 0 AND NEW.stamp <> OLD.stamp", t.messages, m, w),
+			fmt.Sprintf("CREATE TRIGGER IF NOT EXISTS `%s_fence_delete` AFTER DELETE ON %s FOR EACH ROW "+
+				"INSERT INTO %s (stamp, id) SELECT @retryspool_stamp, OLD.id FROM DUAL WHERE @retryspool_stamp IS NOT NULL", t.messages, m, w),
 		}
 	},
 	dropTriggers: func(t tables) []string {
 		var out []string
-		for _, s := range []string{"insert", "delete", "update"} {
-			out = append(out, fmt.Sprintf("DROP TRIGGER IF EXISTS `%s_count_%s`", t.messages, s))
+		for _, s := range []string{"count_insert", "count_delete", "count_update", "fence_insert", "fence_update", "fence_delete"} {
+			out = append(out, fmt.Sprintf("DROP TRIGGER IF EXISTS `%s_%s`", t.messages, s))
 		}
 		return out
 	},
@@ -337,7 +382,12 @@ var mysqlDialect = dialect{
 		return mysqlError(err, "1927", "1053", "2006", "2013") || netLost(err) ||
 			strings.Contains(err.Error(), "invalid connection")
 	},
-	ownIndex: func(string) bool { return false },
+	duplicate: func(err error) bool { return mysqlError(err, "1062") }, // ER_DUP_ENTRY
+	fenced:    true,
+	// The assignment runs for each row the DELETE matches, before the
+	// row's trigger.
+	deleteStamp: "(@retryspool_stamp := ?) IS NOT NULL",
+	ownIndex:    func(string) bool { return false },
 }
 
 func lockKey(s string) int64 {

@@ -39,6 +39,15 @@ var (
 	ErrIteratorClosed = errors.New("iterator is closed")
 )
 
+// ErrOutcomeUnknown reports a write whose connection died (or whose
+// context ended) while it was on its way to a PostgreSQL or MySQL/MariaDB
+// server, and whose outcome the store could not learn afterwards within
+// its settle timeout: the server stayed unreachable, or the write's
+// session kept its locks. The write may or may not have happened; the
+// store did not run it again. It wraps the connection's error. Read the
+// record to see where it stands before acting on it.
+var ErrOutcomeUnknown = errors.New("outcome of the write unknown: the connection died and the store could not check whether it committed")
+
 // ErrReadOnly reports a write to a store opened read-only. Nothing is
 // changed.
 var ErrReadOnly = errors.New("store is read-only")
@@ -65,7 +74,8 @@ func (d dialect) translate(err error) error {
 		errors.Is(err, ErrBusy),
 		errors.Is(err, ErrInvalidInput),
 		errors.Is(err, ErrReadOnly),
-		errors.Is(err, ErrReentrantCall):
+		errors.Is(err, ErrReentrantCall),
+		errors.Is(err, ErrOutcomeUnknown):
 		return err
 	case errors.Is(err, gorm.ErrRecordNotFound), errors.Is(err, sql.ErrNoRows):
 		return metastorage.ErrMessageNotFound
@@ -118,6 +128,8 @@ func outcome(err error) string {
 		return "busy"
 	case errors.Is(err, metastorage.ErrBackendClosed):
 		return "closed"
+	case errors.Is(err, ErrOutcomeUnknown):
+		return "unknown"
 	case isOutcome(err):
 		return "invalid"
 	}

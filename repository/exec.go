@@ -39,6 +39,10 @@ type executor interface {
 	// itself once Close is called. When it does not, Close cancels the
 	// write's context (see enter).
 	writesEndOnClose() bool
+	// settles reports whether a write whose connection died is settled
+	// through the write fence (settle.go): on the server engines, outside
+	// a caller's transaction, whose commit is the caller's.
+	settles() bool
 	// close stops what the executor runs; the repository's Close calls
 	// it once, after the last call in flight has returned.
 	close() error

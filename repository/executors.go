@@ -79,6 +79,7 @@ func (e *serverExec) exec(ctx context.Context, query string, args ...any) (int64
 }
 
 func (e *serverExec) writesEndOnClose() bool { return false }
+func (e *serverExec) settles() bool          { return true }
 func (e *serverExec) close() error           { return nil }
 
 // txExec runs everything in a caller's transaction (WithTx).
@@ -109,6 +110,7 @@ func (e txExec) exec(ctx context.Context, query string, args ...any) (int64, err
 }
 
 func (e txExec) writesEndOnClose() bool { return false }
+func (e txExec) settles() bool          { return false }
 func (e txExec) close() error           { return nil }
 
 // groupExec runs on SQLite: writes through the group writer, reads on the
@@ -136,6 +138,7 @@ func (e *groupExec) exec(ctx context.Context, query string, args ...any) (int64,
 }
 
 func (e *groupExec) writesEndOnClose() bool { return true }
+func (e *groupExec) settles() bool          { return false }
 
 func (e *groupExec) close() error {
 	if e.w == nil {

@@ -16,7 +16,10 @@ import (
 
 // SchemaVersion is the version of the schema this library writes. A table
 // with a higher version was written by a newer library and is refused.
-const SchemaVersion = 1
+// Version 2 added the stamp column and, on the server engines, the write
+// fence (<table>_writes and its triggers); tables of version 1 are
+// upgraded in place.
+const SchemaVersion = 2
 
 // legacyColumns are the columns of the earlier raw-SQL RetrySpool SQLite
 // backend, which stored times as whole Unix seconds and kept no version;
@@ -49,7 +52,8 @@ func (r *Repository) migrate(ctx context.Context) error {
 			return r.migrateTx(tx)
 		})
 		if err == nil && r.tel != nil {
-			what := map[migration]string{migrateCreate: "created", migrateLegacy: "upgraded from the legacy schema", migrateRepair: "repaired (missing tables, triggers or counters recreated, counters recounted)"}[plan]
+			what := map[migration]string{migrateCreate: "created", migrateLegacy: "upgraded from the legacy schema",
+				migrateUpgrade: "upgraded from version 1", migrateRepair: "repaired (missing tables, triggers or counters recreated, counters recounted)"}[plan]
 			r.tel.Log(ctx, slog.LevelInfo, "schema "+what, slog.Int("version", SchemaVersion))
 		}
 	}
@@ -66,6 +70,7 @@ const (
 	migrateNothing migration = iota // current
 	migrateCreate                   // no table yet
 	migrateLegacy                   // a table of the raw-SQL backend
+	migrateUpgrade                  // a table of schema version 1
 )
 
 // plan inspects the database without changing it and tells what the table
@@ -88,6 +93,8 @@ func (r *Repository) plan(db *gorm.DB) (migration, error) {
 			ErrSchemaTooNew, r.t.messages, version, SchemaVersion)
 	case version == SchemaVersion:
 		return r.planRepair(db) // repair.go: is what the version promises there?
+	case version == 1:
+		return migrateUpgrade, nil
 	case !mig.HasTable(r.t.messages):
 		return migrateCreate, nil
 	}
@@ -135,7 +142,7 @@ func Check(ctx context.Context, db *gorm.DB, tableName string) error {
 	if err != nil {
 		return err
 	}
-	r := &Repository{d: d, t: tables{messages: tableName, counts: tableName + "_counts"}}
+	r := &Repository{d: d, t: tablesOf(tableName)}
 	_, err = r.plan(db.WithContext(ctx))
 	return d.translate(err)
 }
@@ -156,9 +163,12 @@ func (r *Repository) migrateTx(tx *gorm.DB) error {
 			return fmt.Errorf("create %s: %w", model.SchemaTableName, err)
 		}
 	}
-	if plan == migrateLegacy {
+	switch plan {
+	case migrateLegacy:
 		err = r.upgradeLegacy(tx)
-	} else {
+	case migrateUpgrade:
+		err = r.upgradeV1(tx)
+	default:
 		err = r.createTables(tx)
 	}
 	if err != nil {
@@ -189,9 +199,29 @@ func (r *Repository) createTables(tx *gorm.DB) error {
 	if err := r.resetCounts(tx); err != nil {
 		return err
 	}
+	return r.createTriggers(tx)
+}
+
+// upgradeV1 brings a table of schema version 1 to version 2: the stamp
+// column (0 in the rows there), and on the server engines the write fence.
+func (r *Repository) upgradeV1(tx *gorm.DB) error {
+	if err := r.ddl(tx).Table(r.t.messages).AutoMigrate(&model.Message{}); err != nil {
+		return fmt.Errorf("add the stamp column to %q: %w", r.t.messages, err)
+	}
+	return r.createTriggers(tx)
+}
+
+// createTriggers creates the write fence's table where the engine has one,
+// then the count and fence triggers (those that exist are kept).
+func (r *Repository) createTriggers(tx *gorm.DB) error {
+	if r.d.fenced && !tx.Migrator().HasTable(r.t.writes) {
+		if err := r.ddl(tx).Table(r.t.writes).AutoMigrate(&model.Write{}); err != nil {
+			return fmt.Errorf("create table %q: %w", r.t.writes, err)
+		}
+	}
 	for _, stmt := range r.d.triggers(r.t) {
 		if err := tx.Exec(stmt).Error; err != nil {
-			return fmt.Errorf("create count triggers: %w", err)
+			return fmt.Errorf("create triggers: %w", err)
 		}
 	}
 	return nil
@@ -262,7 +292,7 @@ func (r *Repository) upgradeLegacy(tx *gorm.DB) error {
 		COALESCE(last_error, ''), COALESCE(size, 0), COALESCE(priority, 0),
 		CASE WHEN headers IS NULL OR headers = '' OR headers = 'null' THEN NULL ELSE headers END, %s FROM %s`,
 		r.d.ident(r.t.messages), columnList,
-		seconds("next_retry"), seconds("created"), seconds("updated"), policy, r.d.ident(legacy))
+		seconds("next_retry"), seconds("created"), seconds("updated"), policy+", 0", r.d.ident(legacy))
 	if err := tx.Exec(copyRows).Error; err != nil {
 		return fmt.Errorf("copy legacy rows: %w", err)
 	}
@@ -272,20 +302,16 @@ func (r *Repository) upgradeLegacy(tx *gorm.DB) error {
 	if err := r.resetCounts(tx); err != nil {
 		return err
 	}
-	for _, stmt := range r.d.triggers(r.t) {
-		if err := tx.Exec(stmt).Error; err != nil {
-			return fmt.Errorf("create count triggers: %w", err)
-		}
-	}
-	return nil
+	return r.createTriggers(tx)
 }
 
 // Drop removes a queue's tables, triggers and schema record from db: the
 // inverse of the migration, for tests and for retiring a queue. Every
 // message of the queue is gone afterwards (the bodies in a data store are
-// not touched). It removes the count triggers (on PostgreSQL also their
-// function), the message table <tableName>, the counter table
-// <tableName>_counts and the table's row in retryspool_schema, and
+// not touched). It removes the count and fence triggers (on PostgreSQL
+// also their functions), the message table <tableName>, the counter table
+// <tableName>_counts, the write fence <tableName>_writes and the table's
+// row in retryspool_schema, and
 // nothing else: other queues' tables, and retryspool_schema itself, stay.
 // Stop every process using the queue first; a repository still open on it
 // fails its next calls, and the next open creates the tables anew. The
@@ -300,14 +326,14 @@ func Drop(ctx context.Context, db *gorm.DB, tableName string) error {
 	if err != nil {
 		return err
 	}
-	t := tables{messages: tableName, counts: tableName + "_counts"}
+	t := tablesOf(tableName)
 	db = db.WithContext(ctx)
 	for _, stmt := range d.dropTriggers(t) {
 		if err := db.Exec(stmt).Error; err != nil {
 			return fmt.Errorf("drop %q: %w", tableName, err)
 		}
 	}
-	if err := db.Migrator().DropTable(t.messages, t.counts); err != nil {
+	if err := db.Migrator().DropTable(t.messages, t.counts, t.writes); err != nil {
 		return fmt.Errorf("drop %q: %w", tableName, err)
 	}
 	if db.Migrator().HasTable(model.SchemaTableName) {

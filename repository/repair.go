@@ -15,8 +15,9 @@ const migrateRepair migration = 100
 
 // planRepair tells, for a table whose schema version is current, whether
 // what the version promises really exists: the message table, the counter
-// table with its rows, and the count triggers (on PostgreSQL the trigger
-// and its function). It reads only: a few catalogue lookups, whatever the
+// table with its rows, the write fence's table on the server engines, and
+// the count and fence triggers (on PostgreSQL the triggers and their
+// functions). It reads only: a few catalogue lookups, whatever the
 // table's size.
 func (r *Repository) planRepair(db *gorm.DB) (migration, error) {
 	missing, err := r.missingSchema(db)
@@ -47,13 +48,16 @@ func (r *Repository) missingSchema(db *gorm.DB) ([]string, error) {
 			missing = append(missing, fmt.Sprintf("counter rows of %s (%d of %d)", r.t.counts, rows, 6*r.d.shards))
 		}
 	}
+	if r.d.fenced && !mig.HasTable(r.t.writes) {
+		missing = append(missing, "table "+r.t.writes)
+	}
 	want, query, args := r.triggerQuery()
 	var have int64
 	if err := db.Raw(query, args...).Row().Scan(&have); err != nil {
 		return nil, fmt.Errorf("inspect the count triggers of %q: %w", r.t.messages, err)
 	}
 	if have < want {
-		missing = append(missing, fmt.Sprintf("count triggers of %s (%d of %d)", r.t.messages, have, want))
+		missing = append(missing, fmt.Sprintf("triggers of %s (%d of %d)", r.t.messages, have, want))
 	}
 	return missing, nil
 }
@@ -64,12 +68,14 @@ func (r *Repository) triggerQuery() (int64, string, []any) {
 	names := []any{r.t.messages + "_count_insert", r.t.messages + "_count_delete", r.t.messages + "_count_update"}
 	switch r.d.name {
 	case "postgres":
-		// The trigger goes with a dropped table; its function does not.
-		return 2, `SELECT (SELECT COUNT(*) FROM pg_trigger WHERE NOT tgisinternal AND tgname = ? AND tgrelid = to_regclass(?))
-			+ (SELECT COUNT(*) FROM pg_proc WHERE proname = ? AND pronamespace = (SELECT oid FROM pg_namespace WHERE nspname = current_schema()))`,
-			[]any{r.t.messages + "_count", r.d.ident(r.t.messages), r.t.messages + "_count"}
+		// The triggers go with a dropped table; their functions do not.
+		pg := []any{r.t.messages + "_count", r.t.messages + "_fence"}
+		return 4, `SELECT (SELECT COUNT(*) FROM pg_trigger WHERE NOT tgisinternal AND tgname IN (?, ?) AND tgrelid = to_regclass(?))
+			+ (SELECT COUNT(*) FROM pg_proc WHERE proname IN (?, ?) AND pronamespace = (SELECT oid FROM pg_namespace WHERE nspname = current_schema()))`,
+			[]any{pg[0], pg[1], r.d.ident(r.t.messages), pg[0], pg[1]}
 	case "mysql":
-		return 3, "SELECT COUNT(*) FROM information_schema.triggers WHERE trigger_schema = DATABASE() AND event_object_table = ? AND trigger_name IN ?",
+		names = append(names, r.t.messages+"_fence_insert", r.t.messages+"_fence_update", r.t.messages+"_fence_delete")
+		return 6, "SELECT COUNT(*) FROM information_schema.triggers WHERE trigger_schema = DATABASE() AND event_object_table = ? AND trigger_name IN ?",
 			[]any{r.t.messages, names}
 	}
 	return 3, "SELECT COUNT(*) FROM sqlite_master WHERE type = 'trigger' AND tbl_name = ? AND name IN ?",
@@ -96,10 +102,5 @@ func (r *Repository) repair(tx *gorm.DB) error {
 	if err := r.resetCounts(tx); err != nil {
 		return err
 	}
-	for _, stmt := range r.d.triggers(r.t) {
-		if err := tx.Exec(stmt).Error; err != nil {
-			return fmt.Errorf("recreate count triggers: %w", err)
-		}
-	}
-	return nil
+	return r.createTriggers(tx)
 }

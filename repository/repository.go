@@ -28,6 +28,7 @@ import (
 	"fmt"
 	"log/slog"
 	"regexp"
+	"sync/atomic"
 	"time"
 
 	"go.opentelemetry.io/otel/metric"
@@ -111,6 +112,7 @@ type Repository struct {
 	hooks []Hook
 	tel   *telemetry.T
 	life  *lifecycle
+	prune *atomic.Int64 // when the write fence was last pruned (settle.go)
 }
 
 // New returns a repository on db, creating or upgrading the schema. db may
@@ -176,10 +178,11 @@ func New(ctx context.Context, db *gorm.DB, cfg Config) (*Repository, error) {
 	r = &Repository{
 		db:    base,
 		d:     d,
-		t:     tables{messages: cfg.TableName, counts: cfg.TableName + "_counts"},
+		t:     tablesOf(cfg.TableName),
 		hooks: append([]Hook(nil), cfg.Hooks...),
 		tel:   tel,
 		life:  newLifecycle(),
+		prune: new(atomic.Int64),
 	}
 	r.s = buildStmts(d, r.t)
 	ex, err := r.executor(ctx, pool, file)

@@ -84,6 +84,7 @@ type stmts struct {
 	claimIDs, claimDueIDs, due, dueCount                    string
 	first, last                                             string // ends of a state, for Stats
 	upsertHead, upsertTail                                  string // of a multi-row upsert, unbound
+	prune                                                   string // of the write fence
 }
 
 func buildStmts(d dialect, t tables) stmts {
@@ -99,12 +100,12 @@ func buildStmts(d dialect, t tables) stmts {
 	s := stmts{
 		upsert:      "INSERT INTO " + m + " (" + columnList + ") VALUES " + one + " " + d.upsertClause(),
 		update:      "UPDATE " + m + " SET " + strings.Join(sets, ", ") + " WHERE id = ?",
-		cas:         "UPDATE " + m + " SET state = ?, updated = ? WHERE id = ? AND state = ?",
+		cas:         "UPDATE " + m + " SET state = ?, updated = ?, stamp = ? WHERE id = ? AND state = ?",
 		state:       "SELECT state FROM " + m + " WHERE id = ?",
 		stateLock:   "SELECT state FROM " + m + " WHERE id = ?" + d.forUpdate,
 		exists:      "SELECT COUNT(*) FROM " + m + " WHERE id = ?",
 		get:         "SELECT " + columnList + " FROM " + m + " WHERE id = ?",
-		del:         "DELETE FROM " + m + " WHERE id = ?",
+		del:         "DELETE FROM " + m + " WHERE id = ? AND " + d.deleteStamp,
 		count:       "SELECT COALESCE(SUM(n), 0) FROM " + c + " WHERE state = ?",
 		counts:      "SELECT state, COALESCE(SUM(n), 0) FROM " + c + " GROUP BY state",
 		sinceCount:  "SELECT COUNT(*) FROM " + m + " WHERE state = ? AND created >= ?",
@@ -116,11 +117,12 @@ func buildStmts(d dialect, t tables) stmts {
 		dueCount:    "SELECT COUNT(*) FROM " + m + " WHERE state = 2 AND next_retry <= ?",
 		first:       "SELECT id, created FROM " + m + " WHERE state = ? ORDER BY created, id LIMIT 1",
 		last:        "SELECT id, created FROM " + m + " WHERE state = ? ORDER BY created DESC, id DESC LIMIT 1",
+		prune:       "DELETE FROM " + d.ident(t.writes) + " WHERE stamp < ?",
 	}
 	for _, p := range []*string{
 		&s.upsert, &s.update, &s.cas, &s.state, &s.stateLock, &s.exists, &s.get, &s.del,
 		&s.count, &s.counts, &s.sinceCount, &s.iterFirst, &s.iterNext,
-		&s.claimIDs, &s.claimDueIDs, &s.due, &s.dueCount, &s.first, &s.last,
+		&s.claimIDs, &s.claimDueIDs, &s.due, &s.dueCount, &s.first, &s.last, &s.prune,
 	} {
 		*p = d.bind(*p)
 	}
@@ -144,18 +146,26 @@ func (r *Repository) byIDs(n int) string {
 }
 
 // moveIDs moves n messages, found by ID, from one state to another: its
-// arguments are the new state, the time of the move, the IDs and the old
-// state.
+// arguments are the new state, the time of the move, the write's stamp, the
+// IDs and the old state.
 func (r *Repository) moveIDs(n int) string {
-	return r.d.bind("UPDATE " + r.d.ident(r.t.messages) + " SET state = ?, updated = ? WHERE id IN (" +
+	return r.d.bind("UPDATE " + r.d.ident(r.t.messages) + " SET state = ?, updated = ?, stamp = ? WHERE id IN (" +
 		placeholders(n) + ") AND " + r.d.byKeyState + " = ?")
 }
 
 // deleteIDs deletes n messages, found by ID, of one state: its arguments
-// are the IDs and the state.
+// are the IDs, the state and the write's stamp (as text, see
+// dialect.deleteStamp).
 func (r *Repository) deleteIDs(n int) string {
 	return r.d.bind("DELETE FROM " + r.d.ident(r.t.messages) + " WHERE id IN (" + placeholders(n) + ") AND " +
-		r.d.byKeyState + " = ?")
+		r.d.byKeyState + " = ? AND " + r.d.deleteStamp)
+}
+
+// fenceIDs inserts n rows of the write fence: its arguments are pairs of
+// stamp and ID.
+func (r *Repository) fenceIDs(n int) string {
+	return r.d.bind("INSERT INTO " + r.d.ident(r.t.writes) + " (stamp, id) VALUES " +
+		strings.TrimSuffix(strings.Repeat("(?, ?), ", n), ", "))
 }
 
 func placeholders(n int) string {

@@ -23,8 +23,9 @@ type opSpec struct {
 	// match, when set, filters each batch's rows in Go; the rows then
 	// carry their headers.
 	match func(model.Headers) bool
-	// apply changes the chosen messages, all in state from and locked.
-	apply func(c conn, ids []string) error
+	// apply changes the chosen messages, all in state from and locked,
+	// as the write of stamp.
+	apply func(c conn, ids []string, stamp int64) error
 	// progress, when set, hears the running total after each committed
 	// batch that changed something.
 	progress func(done int64)
@@ -78,7 +79,7 @@ func (r *Repository) runOp(ctx context.Context, spec opSpec) (total int64, err e
 		var next cursor
 		var full bool
 		var changed []string // the IDs the batch changed
-		batch := func(c conn) error {
+		batch := func(c conn, stamp int64) error {
 			n, next, full, changed = 0, cur, false, nil
 			rows, err := r.opRows(c, spec, cur)
 			if err != nil || len(rows) == 0 {
@@ -97,7 +98,7 @@ func (r *Repository) runOp(ctx context.Context, spec opSpec) (total int64, err e
 				return nil
 			}
 			if !spec.dryRun {
-				if err := spec.apply(c, ids); err != nil {
+				if err := spec.apply(c, ids, stamp); err != nil {
 					return err
 				}
 			}
@@ -106,9 +107,11 @@ func (r *Repository) runOp(ctx context.Context, spec opSpec) (total int64, err e
 			return nil
 		}
 		if spec.dryRun {
-			err = r.ex.read(ctx, false, batch)
+			err = r.ex.read(ctx, false, func(c conn) error { return batch(c, 0) })
 		} else {
-			err = r.ex.write(ctx, batch)
+			_, err = r.settled(ctx, spec.name, func() []string { return changed }, func(stamp int64) error {
+				return r.ex.write(ctx, func(c conn) error { return batch(c, stamp) })
+			})
 		}
 		if err != nil {
 			return total, fmt.Errorf("%s: %w", spec.op, r.closedOr(err))
@@ -173,14 +176,16 @@ func (r *Repository) opRows(c conn, spec opSpec, cur cursor) ([]opRow, error) {
 
 // mover returns an apply function that moves locked messages from one
 // state to another and runs the hooks of each move.
-func (r *Repository) mover(from, to metastorage.QueueState) func(conn, []string) error {
-	return func(c conn, ids []string) error { return r.moveLocked(c, ids, from, to, time.Now().UnixNano()) }
+func (r *Repository) mover(from, to metastorage.QueueState) func(conn, []string, int64) error {
+	return func(c conn, ids []string, stamp int64) error {
+		return r.moveLocked(c, ids, from, to, time.Now().UnixNano(), stamp)
+	}
 }
 
 // deleter returns an apply function that deletes locked messages.
-func (r *Repository) deleter(state metastorage.QueueState) func(conn, []string) error {
-	return func(c conn, ids []string) error {
-		n, err := c.exec(r.deleteIDs(len(ids)), idArgs(ids, int(state))...)
+func (r *Repository) deleter(state metastorage.QueueState) func(conn, []string, int64) error {
+	return func(c conn, ids []string, stamp int64) error {
+		n, err := c.exec(r.deleteIDs(len(ids)), idArgs(ids, int(state), stampText(stamp))...)
 		if err != nil {
 			return err
 		}

@@ -61,6 +61,7 @@ const (
 	MetricMessages          = "retryspool.meta.messages"
 	MetricOldestAge         = "retryspool.meta.oldest_age"
 	MetricDue               = "retryspool.meta.due"
+	MetricSettled           = "retryspool.meta.settled"
 )
 
 // Attribute keys of our own; the database ones are the semantic
@@ -132,6 +133,7 @@ type T struct {
 	groupTime   metric.Float64Histogram
 	busyWaits   metric.Float64Histogram
 	retries     metric.Int64Counter
+	settled     metric.Int64Counter
 	checkpoints metric.Int64Counter
 	ckptPages   metric.Int64Counter
 	walPages    metric.Int64Gauge
@@ -209,6 +211,10 @@ func (t *T) instruments(m metric.Meter) error {
 	}
 	if t.retries, err = m.Int64Counter(MetricRetries, metric.WithUnit("{retry}"),
 		metric.WithDescription("Transactions run again after the server aborted them (deadlock, serialization failure).")); err != nil {
+		return err
+	}
+	if t.settled, err = m.Int64Counter(MetricSettled, metric.WithUnit("{write}"),
+		metric.WithDescription("Writes whose connection died on the way, by what checking the write fence found (landed, not_landed, unknown).")); err != nil {
 		return err
 	}
 	if t.checkpoints, err = m.Int64Counter(MetricCheckpoints, metric.WithUnit("{checkpoint}"),
@@ -446,6 +452,21 @@ func (t *T) Checkpoint(busy bool, walPages, copied int, err error) {
 		attrs = append(attrs, slog.Any("error", err))
 	}
 	t.logAttrs2(context.Background(), level, msg, attrs...)
+}
+
+// Settled records a write whose connection died under it (cause) and what
+// the check of its outcome found: "landed", "not_landed" or "unknown".
+func (t *T) Settled(ctx context.Context, op, verdict string, cause error) {
+	if t == nil {
+		return
+	}
+	if t.meter != nil {
+		t.settled.Add(context.Background(), 1, t.set(op, verdict).add...)
+	}
+	if t.log != nil {
+		t.logAttrs2(ctx, slog.LevelWarn, "connection lost during a write; checked its outcome",
+			slog.String("operation", op), slog.String("outcome", verdict), slog.Any("error", cause))
+	}
 }
 
 // Log writes one event of the store's life (migration, upgrade, repair,
