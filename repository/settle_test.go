@@ -88,11 +88,11 @@ func seedMeta(id string, state metastorage.QueueState, age time.Duration) metast
 // settleCase is one write whose connection dies: match picks the statement
 // (or faultdb.Commit), run makes the call and check what it left.
 type settleCase struct {
-	name   string
-	seed   []metastorage.MessageMetadata
-	match  func(rig *settleRig) string
-	run    func(t *testing.T, rig *settleRig) error
-	check  func(t *testing.T, rig *settleRig)
+	name  string
+	seed  []metastorage.MessageMetadata
+	match func(rig *settleRig) string
+	run   func(t *testing.T, rig *settleRig) error
+	check func(t *testing.T, rig *settleRig)
 	// replay, for a write of one statement, brings the message back to
 	// where the faulted statement would apply again, for a late run of it.
 	replay func(t *testing.T, rig *settleRig)
@@ -129,9 +129,9 @@ var settleCases = []settleCase{{
 		require.Equal(t, 2, md.Attempts)
 	},
 }, {
-	name:   "MoveToState",
-	seed:   []metastorage.MessageMetadata{seedMeta("m1", metastorage.StateIncoming, time.Minute)},
-	match:  func(rig *settleRig) string { return "UPDATE " + rig.quoted + " SET state = " },
+	name:  "MoveToState",
+	seed:  []metastorage.MessageMetadata{seedMeta("m1", metastorage.StateIncoming, time.Minute)},
+	match: func(rig *settleRig) string { return "UPDATE " + rig.quoted + " SET state = " },
 	replay: func(t *testing.T, rig *settleRig) {
 		require.NoError(t, rig.r.MoveToState(context.Background(), "m1", metastorage.StateActive, metastorage.StateIncoming))
 	},
@@ -147,9 +147,9 @@ var settleCases = []settleCase{{
 		require.Equal(t, metastorage.StateActive, s)
 	},
 }, {
-	name:   "DeleteMeta",
-	seed:   []metastorage.MessageMetadata{seedMeta("m1", metastorage.StateArchived, time.Minute)},
-	match:  func(rig *settleRig) string { return "DELETE FROM " + rig.quoted },
+	name:  "DeleteMeta",
+	seed:  []metastorage.MessageMetadata{seedMeta("m1", metastorage.StateArchived, time.Minute)},
+	match: func(rig *settleRig) string { return "DELETE FROM " + rig.quoted },
 	replay: func(t *testing.T, rig *settleRig) {
 		require.NoError(t, rig.r.StoreMeta(context.Background(), "m1", seedMeta("m1", metastorage.StateArchived, 0)))
 	},
@@ -157,7 +157,7 @@ var settleCases = []settleCase{{
 		_, ok := rig.state(t, "m1")
 		require.True(t, ok)
 	},
-	run:    func(t *testing.T, rig *settleRig) error { return rig.r.DeleteMeta(context.Background(), "m1") },
+	run: func(t *testing.T, rig *settleRig) error { return rig.r.DeleteMeta(context.Background(), "m1") },
 	check: func(t *testing.T, rig *settleRig) {
 		_, ok := rig.state(t, "m1")
 		require.False(t, ok)

@@ -18,8 +18,8 @@ import (
 	"sync"
 	"testing"
 
-	"github.com/jackc/pgx/v5/stdlib"
 	gomysql "github.com/go-sql-driver/mysql"
+	"github.com/jackc/pgx/v5/stdlib"
 	"gorm.io/driver/mysql"
 	"gorm.io/driver/postgres"
 	"gorm.io/gorm"
