@@ -76,10 +76,14 @@ type StateCount struct {
 // inserts the write's own (stamp, id) pairs itself: a duplicate key proves
 // that the write committed, and a successful insert proves that it did not
 // and never will, since the write's trigger would now fail on the same
-// key. Rows older than the fence's retention are pruned.
+// key. Fenced tells the two apart: 0 for the write's own pairs, 1 for
+// those the store inserted to fence a write off (so that a check whose own
+// connection dies, run again, does not take its own pairs for the
+// write's). Rows older than the fence's retention are pruned.
 type Write struct {
-	Stamp int64     `gorm:"column:stamp;primaryKey;autoIncrement:false"`
-	ID    MessageID `gorm:"column:id;primaryKey"`
+	Stamp  int64     `gorm:"column:stamp;primaryKey;autoIncrement:false"`
+	ID     MessageID `gorm:"column:id;primaryKey"`
+	Fenced int16     `gorm:"column:fenced;not null;default:0"`
 }
 
 // SchemaVersion records which version of this library's schema a message

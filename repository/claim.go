@@ -167,12 +167,8 @@ func (r *Repository) claim(ctx context.Context, op string, from, to metastorage.
 	})
 	if v == landed {
 		// The claim committed as its connection died: its messages are
-		// this caller's. Read them as they are now.
-		err = r.ex.read(ctx, false, func(c conn) error {
-			got, err := r.getMany(c, ids)
-			out = inOrder(got, ids)
-			return err
-		})
+		// this caller's, as the transaction read them before its COMMIT.
+		return out, nil
 	}
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", op, r.closedOr(err))

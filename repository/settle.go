@@ -124,10 +124,12 @@ func (r *Repository) settle(ctx context.Context, op string, stamp int64, ids []s
 	}
 }
 
-// fence inserts the pairs of stamp and ids into the write fence, in
-// statements of their own: the first duplicate means that the write
-// landed. (A write lands whole, so after one chunk went in, none of the
-// others can be a duplicate.)
+// fence inserts the pairs of stamp and ids into the write fence, marked as
+// fencing the write off, in statements of their own. A duplicate key means
+// that the pairs are there already: the write's own (it landed), or those
+// of an earlier run of this check whose connection died after its insert
+// committed (it did not land); the mark tells which. A write lands whole,
+// so after one chunk went in, none of the others can be the write's.
 func (r *Repository) fence(ctx context.Context, stamp int64, ids []string) (verdict, error) {
 	for start := 0; start < len(ids); start += rowsPerStatement {
 		chunk := ids[start:min(start+rowsPerStatement, len(ids))]
@@ -135,11 +137,20 @@ func (r *Repository) fence(ctx context.Context, stamp int64, ids []string) (verd
 		for _, id := range chunk {
 			args = append(args, stamp, id)
 		}
-		if _, err := r.ex.exec(ctx, r.fenceIDs(len(chunk)), args...); err != nil {
-			if r.d.duplicate(err) {
-				return landed, nil
-			}
+		_, err := r.ex.exec(ctx, r.fenceIDs(len(chunk)), args...)
+		if err == nil {
+			continue
+		}
+		if !r.d.duplicate(err) {
 			return notLanded, err
+		}
+		var fenced int
+		err = r.ex.read(ctx, false, func(c conn) error { return c.scalar(r.s.fenced, []any{stamp, chunk[0]}, &fenced) })
+		switch {
+		case err != nil:
+			return notLanded, err
+		case fenced == 0:
+			return landed, nil
 		}
 	}
 	return notLanded, nil

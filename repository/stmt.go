@@ -84,7 +84,7 @@ type stmts struct {
 	claimIDs, claimDueIDs, due, dueCount                    string
 	first, last                                             string // ends of a state, for Stats
 	upsertHead, upsertTail                                  string // of a multi-row upsert, unbound
-	prune                                                   string // of the write fence
+	prune, fenced                                           string // of the write fence
 }
 
 func buildStmts(d dialect, t tables) stmts {
@@ -118,11 +118,12 @@ func buildStmts(d dialect, t tables) stmts {
 		first:       "SELECT id, created FROM " + m + " WHERE state = ? ORDER BY created, id LIMIT 1",
 		last:        "SELECT id, created FROM " + m + " WHERE state = ? ORDER BY created DESC, id DESC LIMIT 1",
 		prune:       "DELETE FROM " + d.ident(t.writes) + " WHERE stamp < ?",
+		fenced:      "SELECT fenced FROM " + d.ident(t.writes) + " WHERE stamp = ? AND id = ?",
 	}
 	for _, p := range []*string{
 		&s.upsert, &s.update, &s.cas, &s.state, &s.stateLock, &s.exists, &s.get, &s.del,
 		&s.count, &s.counts, &s.sinceCount, &s.iterFirst, &s.iterNext,
-		&s.claimIDs, &s.claimDueIDs, &s.due, &s.dueCount, &s.first, &s.last, &s.prune,
+		&s.claimIDs, &s.claimDueIDs, &s.due, &s.dueCount, &s.first, &s.last, &s.prune, &s.fenced,
 	} {
 		*p = d.bind(*p)
 	}
@@ -161,11 +162,11 @@ func (r *Repository) deleteIDs(n int) string {
 		r.d.byKeyState + " = ? AND " + r.d.deleteStamp)
 }
 
-// fenceIDs inserts n rows of the write fence: its arguments are pairs of
-// stamp and ID.
+// fenceIDs inserts n rows of the write fence that fence a write off: its
+// arguments are pairs of stamp and ID.
 func (r *Repository) fenceIDs(n int) string {
-	return r.d.bind("INSERT INTO " + r.d.ident(r.t.writes) + " (stamp, id) VALUES " +
-		strings.TrimSuffix(strings.Repeat("(?, ?), ", n), ", "))
+	return r.d.bind("INSERT INTO " + r.d.ident(r.t.writes) + " (stamp, id, fenced) VALUES " +
+		strings.TrimSuffix(strings.Repeat("(?, ?, 1), ", n), ", "))
 }
 
 func placeholders(n int) string {
