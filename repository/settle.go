@@ -65,6 +65,10 @@ func stampText(s int64) string { return strconv.FormatInt(s, 10) }
 // write, for example while the server restarts.
 var settleTimeout = 30 * time.Second
 
+// settleGrace is how long a write whose caller's context has ended may
+// still take to learn its outcome.
+const settleGrace = time.Second
+
 const (
 	// fenceRetention is how long the fence keeps a write's pairs. A write
 	// older than half of it is not settled (ErrOutcomeUnknown).
@@ -99,11 +103,7 @@ func (r *Repository) settle(ctx context.Context, op string, stamp int64, ids []s
 		r.tel.Settled(ctx, op, "unknown", cause)
 		return notLanded, fmt.Errorf("%w: %w (the write is older than the fence keeps)", ErrOutcomeUnknown, cause)
 	}
-	timeout := settleTimeout
-	if r.life.isClosed() {
-		timeout = settleTimeout / 6
-	}
-	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), timeout)
+	ctx, cancel := r.settleContext(ctx)
 	defer cancel()
 	delay := 5 * time.Millisecond
 	for {
@@ -122,6 +122,23 @@ func (r *Repository) settle(ctx context.Context, op string, stamp int64, ids []s
 		}
 		delay = min(2*delay, 500*time.Millisecond)
 	}
+}
+
+// settleContext is the context of a settle: the caller's values, and the
+// caller's deadline when it has one within settleTimeout; when the
+// caller's context has already ended (which may be why the write failed),
+// settleGrace for one try, and settleTimeout/6 once Close has begun.
+func (r *Repository) settleContext(ctx context.Context) (context.Context, context.CancelFunc) {
+	timeout := settleTimeout
+	if r.life.isClosed() {
+		timeout = settleTimeout / 6
+	}
+	if ctx.Err() != nil {
+		timeout = min(timeout, settleGrace)
+	} else if dl, ok := ctx.Deadline(); ok {
+		timeout = min(timeout, max(time.Until(dl), settleGrace))
+	}
+	return context.WithTimeout(context.WithoutCancel(ctx), timeout)
 }
 
 // fence inserts the pairs of stamp and ids into the write fence, marked as

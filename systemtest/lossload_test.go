@@ -40,6 +40,7 @@ type lossWorkload struct {
 	stores, storeErrs, claimCalls, claimErrs, claimUnknown   atomic.Int64
 	moves, moveConflicts, moveErrs                           atomic.Int64
 	finishMoves, finishUpdates, finishRetries, finishUnknown atomic.Int64
+	overdue                                                  atomic.Int64 // calls that outlived their context by 5 s
 	callTimeout                                              time.Duration
 }
 
@@ -83,8 +84,17 @@ func (w *lossWorkload) run(d time.Duration, faults func(stop <-chan struct{}) in
 	return struck
 }
 
-func (w *lossWorkload) call() (context.Context, context.CancelFunc) {
-	return context.WithTimeout(context.Background(), w.callTimeout)
+// call returns the context of one call and the function that ends it,
+// which counts a call that outlived its context by five seconds (a hang).
+func (w *lossWorkload) call() (context.Context, func()) {
+	start := time.Now()
+	ctx, cancel := context.WithTimeout(context.Background(), w.callTimeout)
+	return ctx, func() {
+		cancel()
+		if time.Since(start) > w.callTimeout+5*time.Second {
+			w.overdue.Add(1)
+		}
+	}
 }
 
 func (w *lossWorkload) worker(n int, stop <-chan struct{}) {
