@@ -24,8 +24,10 @@ import (
 // It records every acknowledged outcome so that verify can hold the store
 // to it.
 type lossWorkload struct {
-	t *testing.T
-	r *repository.Repository
+	t      *testing.T
+	r      *repository.Repository
+	ack    func(kind, id string) // when set, told each acknowledged store (S), claim (C) and finish (F)
+	prefix string                // of the IDs the workers store
 
 	mu            sync.Mutex
 	ids           []string        // acknowledged messages, for moves on random IDs
@@ -84,6 +86,12 @@ func (w *lossWorkload) run(d time.Duration, faults func(stop <-chan struct{}) in
 	return struck
 }
 
+func (w *lossWorkload) acked(kind, id string) {
+	if w.ack != nil {
+		w.ack(kind, id)
+	}
+}
+
 // call returns the context of one call and the function that ends it,
 // which counts a call that outlived its context by five seconds (a hang).
 func (w *lossWorkload) call() (context.Context, func()) {
@@ -108,7 +116,7 @@ func (w *lossWorkload) worker(n int, stop <-chan struct{}) {
 		var got []string
 		switch k := rand.IntN(10); {
 		case k < 3:
-			w.store(fmt.Sprintf("n%02d-%06d", n, i))
+			w.store(fmt.Sprintf("%sn%02d-%06d", w.prefix, n, i))
 		case k < 8:
 			got = w.claim()
 		default:
@@ -134,6 +142,7 @@ func (w *lossWorkload) store(id string) {
 		w.stores.Add(1)
 		w.stored[id] = true
 		w.ids = append(w.ids, id)
+		w.acked("S", id)
 	case errors.Is(err, repository.ErrOutcomeUnknown):
 		w.unknownStores = append(w.unknownStores, id)
 	default:
@@ -161,6 +170,7 @@ func (w *lossWorkload) claim() []string {
 	for i, md := range got {
 		ids[i] = md.ID
 		w.claimedBy[md.ID]++
+		w.acked("C", md.ID)
 	}
 	return ids
 }
@@ -177,6 +187,7 @@ func (w *lossWorkload) moveRandom() []string {
 	case err == nil:
 		w.mu.Lock()
 		w.claimedBy[id]++
+		w.acked("C", id)
 		w.mu.Unlock()
 		return []string{id}
 	case errors.Is(err, metastorage.ErrStateConflict):
@@ -211,10 +222,12 @@ func (w *lossWorkload) finish(id string, viaUpdate bool) {
 			} else {
 				w.finishMoves.Add(1)
 			}
+			w.acked("F", id)
 			return
 		case errors.Is(err, repository.ErrOutcomeUnknown):
 			w.finishUnknown.Add(1)
 			if md, gerr := w.r.GetMeta(context.Background(), id); gerr == nil && md.State == metastorage.StateArchived {
+				w.acked("F", id)
 				return
 			}
 		case errors.Is(err, metastorage.ErrStateConflict) && failed:

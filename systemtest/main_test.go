@@ -20,6 +20,7 @@ const (
 	roleBusy    = "busy"    // holds the write lock on command (busy_test.go)
 	roleMove    = "move"    // races MoveToState with another process (race_test.go)
 	roleClaim   = "claim"   // races ClaimMessages with another process (race_test.go)
+	roleQueue   = "queue"   // runs the queue workload until killed (queuekill_test.go)
 )
 
 // TestMain checks that no test leaves a goroutine behind. Started as a
@@ -33,6 +34,7 @@ func TestMain(m *testing.M) {
 			roleBusy:    busyChild,
 			roleMove:    func() error { return raceChild(roleMove) },
 			roleClaim:   func() error { return raceChild(roleClaim) },
+			roleQueue:   queueChild,
 		}))
 	}
 	notice.Print() // which server tests were skipped, once per go test run
