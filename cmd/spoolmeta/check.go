@@ -11,7 +11,7 @@ import (
 	"gorm.io/gorm"
 	metastorage "schneider.vip/retryspool/storage/meta"
 
-	"schneider.vip/retryspool/storage/meta/sqlite/model"
+	sqlitemeta "schneider.vip/retryspool/storage/meta/sqlite"
 )
 
 var cmdCheck = &command{
@@ -213,12 +213,12 @@ func checkCounts(ctx context.Context, s *store, rep *checkJSON) ([]messageRefJSO
 		}
 		defer r.Close()
 		for r.Next() {
-			var id model.MessageID
+			var id string
 			var st int
 			if err := r.Scan(&id, &st); err != nil {
 				return err
 			}
-			invalid = append(invalid, messageRefJSON{ID: string(id), State: fmt.Sprint(st)})
+			invalid = append(invalid, messageRefJSON{ID: id, State: fmt.Sprint(st)})
 		}
 		return r.Err()
 	}, opts)
@@ -270,21 +270,21 @@ func checkBodies(ctx context.Context, s *store, d *bodyStore, cutoff time.Time, 
 		return nil, fmt.Errorf("read data store %s: %w", d.dir, err)
 	}
 	var missing []metastorage.MessageMetadata
-	young, _ := model.EncodeTime(cutoff)
+	young, _ := sqlitemeta.EncodeTime(cutoff)
 	rows, err := s.r.DB().WithContext(ctx).Table(s.table).Select("id, state, created").Rows()
 	if err != nil {
 		return nil, fmt.Errorf("read messages: %w", err)
 	}
 	defer rows.Close()
 	for rows.Next() {
-		var id model.MessageID
+		var id string
 		var st int
 		var created int64
 		if err := rows.Scan(&id, &st, &created); err != nil {
 			return nil, err
 		}
-		if _, ok := found[string(id)]; ok {
-			delete(found, string(id))
+		if _, ok := found[id]; ok {
+			delete(found, id)
 			continue
 		}
 		if created >= young {
@@ -292,11 +292,11 @@ func checkBodies(ctx context.Context, s *store, d *bodyStore, cutoff time.Time, 
 			continue
 		}
 		if metastorage.QueueState(st) == metastorage.StateHold {
-			dj.HeldWithoutBody = append(dj.HeldWithoutBody, string(id))
+			dj.HeldWithoutBody = append(dj.HeldWithoutBody, id)
 			continue
 		}
-		missing = append(missing, metastorage.MessageMetadata{ID: string(id), State: metastorage.QueueState(st)})
-		dj.MissingBodies = append(dj.MissingBodies, messageRefJSON{ID: string(id), State: metastorage.QueueState(st).String()})
+		missing = append(missing, metastorage.MessageMetadata{ID: id, State: metastorage.QueueState(st)})
+		dj.MissingBodies = append(dj.MissingBodies, messageRefJSON{ID: id, State: metastorage.QueueState(st).String()})
 	}
 	if err := rows.Close(); err != nil {
 		return nil, err

@@ -12,8 +12,7 @@ import (
 
 	metastorage "schneider.vip/retryspool/storage/meta"
 
-	"schneider.vip/retryspool/storage/meta/sqlite/model"
-	"schneider.vip/retryspool/storage/meta/sqlite/repository"
+	sqlitemeta "schneider.vip/retryspool/storage/meta/sqlite"
 )
 
 var (
@@ -189,8 +188,8 @@ func runStats(ctx context.Context, a *app, args []string) error {
 	if err := wantArgs(c, pos, 0); err != nil {
 		return err
 	}
-	if *dueLimit < 1 || *dueLimit > repository.MaxClaim {
-		return usagef(c.name, "--due-limit must be in 1..%d", repository.MaxClaim)
+	if *dueLimit < 1 || *dueLimit > sqlitemeta.MaxClaim {
+		return usagef(c.name, "--due-limit must be in 1..%d", sqlitemeta.MaxClaim)
 	}
 	return withStore(ctx, c, cf, readOnly, func(s *store) error {
 		stats, err := s.r.Stats(ctx)
@@ -291,8 +290,8 @@ func runList(ctx context.Context, a *app, args []string) error {
 	if err != nil {
 		return err
 	}
-	if *limit < 1 || *limit > repository.MaxListLimit {
-		return usagef(c.name, "--limit must be in 1..%d", repository.MaxListLimit)
+	if *limit < 1 || *limit > sqlitemeta.MaxListLimit {
+		return usagef(c.name, "--limit must be in 1..%d", sqlitemeta.MaxListLimit)
 	}
 	if *offset < 0 {
 		return usagef(c.name, "--offset must not be negative")
@@ -447,7 +446,7 @@ func runRequeue(ctx context.Context, a *app, args []string) error {
 	c := cmdRequeue
 	fs, cf := a.newFlags(c)
 	olderThan := fs.String("older-than", "", "requeue messages claimed more than `age` ago (30m, 2h, 7d); required")
-	batch := fs.Int("batch", repository.DefaultOpBatchSize, "`n` messages per transaction")
+	batch := fs.Int("batch", sqlitemeta.DefaultOpBatchSize, "`n` messages per transaction")
 	dryRun := fs.Bool("dry-run", false, "only count the messages that would be requeued")
 	pos, err := a.parse(c, fs, args)
 	if err != nil {
@@ -496,7 +495,7 @@ func runPurge(ctx context.Context, a *app, args []string) error {
 	olderThan := fs.String("older-than", "", "purge messages created more than `age` ago (30m, 2h, 7d); required")
 	dryRun := fs.Bool("dry-run", false, "only count the messages that would go")
 	archive := fs.Bool("archive", false, "move the messages to archived instead of deleting them")
-	batch := fs.Int("batch", repository.DefaultOpBatchSize, "`n` messages per transaction")
+	batch := fs.Int("batch", sqlitemeta.DefaultOpBatchSize, "`n` messages per transaction")
 	data := fs.String("data", "", "also delete the bodies from RetrySpool's data store: fs:`DIR` (filesystem store); without it the bodies stay")
 	pos, err := a.parse(c, fs, args)
 	if err != nil {
@@ -528,7 +527,7 @@ func runPurge(ctx context.Context, a *app, args []string) error {
 	}
 	return withStore(ctx, c, cf, acc, func(s *store) error {
 		cutoff := time.Now().Add(-age)
-		opts := repository.PurgeOptions{BatchSize: *batch, Archive: *archive, DryRun: *dryRun}
+		opts := sqlitemeta.PurgeOptions{BatchSize: *batch, Archive: *archive, DryRun: *dryRun}
 		var bodiesDeleted int64
 		if bodies != nil {
 			opts.OnPurged = func(ctx context.Context, ids []string) error {
@@ -539,7 +538,7 @@ func runPurge(ctx context.Context, a *app, args []string) error {
 		}
 		bar := a.newProgress("purge")
 		if bar != nil && !*dryRun {
-			total, err := s.r.Purge(ctx, state, cutoff, repository.PurgeOptions{BatchSize: *batch, Archive: *archive, DryRun: true})
+			total, err := s.r.Purge(ctx, state, cutoff, sqlitemeta.PurgeOptions{BatchSize: *batch, Archive: *archive, DryRun: true})
 			if err != nil {
 				return err
 			}
@@ -626,7 +625,7 @@ func runCopy(ctx context.Context, a *app, args []string) error {
 	fs, cf := a.newFlags(c)
 	from := fs.String("from", "", "the `source`: fs:DIR, sqlite:PATH, PATH or a server DSN; required")
 	fromTable := fs.String("from-table", defaultTable, "message `table` of a SQLite or server source")
-	batch := fs.Int("batch", repository.DefaultCopyBatchSize, "`n` messages per transaction")
+	batch := fs.Int("batch", sqlitemeta.DefaultCopyBatchSize, "`n` messages per transaction")
 	pos, err := a.parse(c, fs, args)
 	if err != nil {
 		return err
@@ -647,11 +646,11 @@ func runCopy(ctx context.Context, a *app, args []string) error {
 			return usagef(c.name, "source and destination are the same table of %s", s.path)
 		}
 		bar := a.newProgress("copy")
-		opts := repository.CopyOptions{BatchSize: *batch}
+		opts := sqlitemeta.CopyOptions{BatchSize: *batch}
 		if bar != nil {
 			opts.Progress = bar.update
 		}
-		report, err := repository.Copy(ctx, src.b, s.r, opts)
+		report, err := sqlitemeta.Copy(ctx, src.b, s.r, opts)
 		bar.done()
 		if err != nil {
 			return fmt.Errorf("%w (%d copied before the error)", err, report.Copied)
@@ -690,7 +689,7 @@ func oneOf(s string, set []string) bool {
 // countStale counts what RequeueStale would move: Active messages updated
 // before cutoff.
 func countStale(ctx context.Context, s *store, cutoff time.Time) (int64, error) {
-	enc, err := model.EncodeTime(cutoff)
+	enc, err := sqlitemeta.EncodeTime(cutoff)
 	if err != nil {
 		return 0, err
 	}

@@ -27,7 +27,6 @@ import (
 	metastorage "schneider.vip/retryspool/storage/meta"
 
 	sqlitemeta "schneider.vip/retryspool/storage/meta/sqlite"
-	"schneider.vip/retryspool/storage/meta/sqlite/repository"
 )
 
 var cmdServe = &command{
@@ -235,13 +234,13 @@ func fail(w http.ResponseWriter, err error) {
 	code := http.StatusInternalServerError
 	var ue *usageError
 	switch {
-	case errors.As(err, &ue), errors.Is(err, repository.ErrInvalidInput), errors.Is(err, metastorage.ErrInvalidState):
+	case errors.As(err, &ue), errors.Is(err, sqlitemeta.ErrInvalidInput), errors.Is(err, metastorage.ErrInvalidState):
 		code = http.StatusBadRequest
 	case errors.Is(err, metastorage.ErrMessageNotFound):
 		code = http.StatusNotFound
 	case errors.Is(err, metastorage.ErrStateConflict):
 		code = http.StatusConflict
-	case errors.Is(err, repository.ErrBusy):
+	case errors.Is(err, sqlitemeta.ErrBusy):
 		code = http.StatusServiceUnavailable
 	}
 	writeAPI(w, code, apiError{Error: err.Error()})
@@ -544,7 +543,7 @@ func (sv *server) actPurge(ctx context.Context, req actionRequest) (actionResult
 		return res, err
 	}
 	cutoff := time.Now().Add(-age)
-	n, err := sv.s.r.Purge(ctx, state, cutoff, repository.PurgeOptions{Archive: req.Archive, DryRun: req.DryRun})
+	n, err := sv.s.r.Purge(ctx, state, cutoff, sqlitemeta.PurgeOptions{Archive: req.Archive, DryRun: req.DryRun})
 	res.Count = n
 	if err != nil {
 		return res, fmt.Errorf("%w (%d purged before the error)", err, n)

@@ -19,14 +19,13 @@ import (
 	metastorage "schneider.vip/retryspool/storage/meta"
 
 	sqlitemeta "schneider.vip/retryspool/storage/meta/sqlite"
-	"schneider.vip/retryspool/storage/meta/sqlite/repository"
 )
 
 // testServer is "spoolmeta serve" on a SQLite file, in the test's process.
 type testServer struct {
 	*httptest.Server
 	sv *server
-	r  *repository.Repository
+	r  *sqlitemeta.Repository
 }
 
 // startServer serves the store at path the way runServe does: the store

@@ -8,7 +8,7 @@ import (
 
 	metastorage "schneider.vip/retryspool/storage/meta"
 
-	"schneider.vip/retryspool/storage/meta/sqlite/repository"
+	sqlitemeta "schneider.vip/retryspool/storage/meta/sqlite"
 )
 
 var cmdShape = &command{
@@ -58,7 +58,7 @@ type shapeJSON struct {
 // one index range count (ListMessages' Total with Since); the oldest and
 // newest message of Stats spare the counts whose answer is already known
 // (every message, or none). Nothing is loaded but counts.
-func ageShape(ctx context.Context, r *repository.Repository, now time.Time, states []metastorage.QueueState) (shapeJSON, error) {
+func ageShape(ctx context.Context, r *sqlitemeta.Repository, now time.Time, states []metastorage.QueueState) (shapeJSON, error) {
 	out := shapeJSON{Now: now.UTC().Format(time.RFC3339), Buckets: bucketLabels, Totals: make([]int64, len(bucketLabels))}
 	stats, err := r.Stats(ctx)
 	if err != nil {
