@@ -41,6 +41,8 @@ func TestBrowserServe(t *testing.T) {
 	// The footer links the metrics of the store, behind the same password.
 	require.Equal(t, 200, browser.Get(t, ctx, chromedp.Evaluate[int](`fetch(document.querySelector('footer a[href="metrics"]').href).then(r => r.status)`, chromedp.EvalAwaitPromise)))
 
+	browser.Artifact(t, "serve.png", browser.Get(t, ctx, chromedp.FullScreenshot(90)))
+
 	browser.Do(t, ctx,
 		chromedp.Click(css(`#tabs button[data-state="hold"]`)),
 		chromedp.WaitVisible(css(`#rows tr[data-id="hold-1"]`)),
