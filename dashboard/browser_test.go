@@ -142,15 +142,7 @@ func TestBrowserAction(t *testing.T) {
 		chromedp.WaitVisible(css(`#rows tr[data-id]`)),
 	)
 	require.Equal(t, "actions allowed", browser.Get(t, ctx, chromedp.Text(css(`#mode`))))
-	browser.Do(t, ctx,
-		chromedp.Click(css(`#tabs button[data-state="hold"]`)),
-		chromedp.WaitVisible(css(`#rows tr[data-id="hold-1"]`)),
-		chromedp.Click(css(`#rows tr[data-id="hold-1"] a.id`)),
-		chromedp.WaitVisible(css(`#act-move`)),
-		chromedp.Click(css(`#act-move`)),
-		chromedp.WaitVisible(css(`#confirm`)),
-		chromedp.SetValue(css(`#f-to`), "incoming"),
-	)
+	browser.Do(t, ctx, browser.OpenMove("hold-1", "hold", "incoming")...)
 	require.True(t, browser.Get(t, ctx, chromedp.Evaluate[bool](`document.querySelector('#confirm-go').disabled`)), "no confirmation before a dry run")
 
 	// The dry run first: nothing moves.

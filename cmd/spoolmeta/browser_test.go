@@ -41,16 +41,10 @@ func TestBrowserServe(t *testing.T) {
 	// The footer links the metrics of the store, behind the same password.
 	require.Equal(t, 200, browser.Get(t, ctx, chromedp.Evaluate[int](`fetch(document.querySelector('footer a[href="metrics"]').href).then(r => r.status)`, chromedp.EvalAwaitPromise)))
 
-	browser.Artifact(t, "serve.png", browser.Get(t, ctx, chromedp.FullScreenshot(90)))
+	browser.Artifact(t, "serve.png", browser.Get(t, ctx, chromedp.FullScreenshot(100)))
 
+	browser.Do(t, ctx, browser.OpenMove("hold-1", "hold", "incoming")...)
 	browser.Do(t, ctx,
-		chromedp.Click(css(`#tabs button[data-state="hold"]`)),
-		chromedp.WaitVisible(css(`#rows tr[data-id="hold-1"]`)),
-		chromedp.Click(css(`#rows tr[data-id="hold-1"] a.id`)),
-		chromedp.WaitVisible(css(`#act-move`)),
-		chromedp.Click(css(`#act-move`)),
-		chromedp.WaitVisible(css(`#confirm`)),
-		chromedp.SetValue(css(`#f-to`), "incoming"),
 		chromedp.Click(css(`#confirm-dry`)),
 		chromedp.WaitVisible(css(`#confirm-result.dry`)),
 	)

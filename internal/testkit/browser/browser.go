@@ -185,3 +185,18 @@ type ShownPage struct {
 	IDs    []string `json:"ids"`
 	Next   bool     `json:"next"`
 }
+
+// OpenMove opens the dashboard's move dialog for message id of state and
+// picks the state to move it to.
+func OpenMove(id, state, to string) []chromedp.Action[chromedp.Void] {
+	row := `#rows tr[data-id="` + id + `"]`
+	return []chromedp.Action[chromedp.Void]{
+		chromedp.Click(chromedp.CSS(`#tabs button[data-state="` + state + `"]`)),
+		chromedp.WaitVisible(chromedp.CSS(row)),
+		chromedp.Click(chromedp.CSS(row + ` a.id`)),
+		chromedp.WaitVisible(chromedp.CSS(`#act-move`)),
+		chromedp.Click(chromedp.CSS(`#act-move`)),
+		chromedp.WaitVisible(chromedp.CSS(`#confirm`)),
+		chromedp.SetValue(chromedp.CSS(`#f-to`), to),
+	}
+}
