@@ -259,33 +259,40 @@ type pageData struct {
 }
 
 func (h *Handler) dashboard(w http.ResponseWriter, r *http.Request) {
-	if len(r.URL.RawQuery) > 0 {
-		if _, err := query(r); err != nil {
-			h.fail(w, r, err)
-			return
-		}
+	data, err := h.pageData(r)
+	if err != nil {
+		code, msg := h.classify(r, err)
+		http.Error(w, msg, code)
+		return
+	}
+	w.Header().Set("Content-Type", "text/html; charset=utf-8")
+	if err := h.page.Execute(w, data); err != nil {
+		// The header is out; the page ends where the error happened.
+		h.cfg.logger.Error("dashboard: render the page", "err", err)
+	}
+}
+
+// pageData reads what the page shows for the request r.
+func (h *Handler) pageData(r *http.Request) (pageData, error) {
+	if _, err := query(r); err != nil {
+		return pageData{}, err
 	}
 	ctx := r.Context()
 	st, err := h.stats(ctx)
-	if err == nil {
-		var shape ShapeTable
-		if shape, err = Shape(ctx, h.r, time.Now(), allStates()); err == nil {
-			data := pageData{Name: h.cfg.name, Stats: st, Shape: shape, AllowActions: h.cfg.actions,
-				RefreshMS: h.cfg.refresh.Milliseconds(), Metrics: h.cfg.metrics != nil}
-			for _, s := range allStates() {
-				data.States = append(data.States, s.String())
-			}
-			if h.cfg.actions {
-				data.Token = h.token(r)
-			}
-			w.Header().Set("Content-Type", "text/html; charset=utf-8")
-			if err := h.page.Execute(w, data); err != nil {
-				// The header is out; the page ends where the error happened.
-				h.cfg.logger.Error("dashboard: render the page", "err", err)
-			}
-			return
-		}
+	if err != nil {
+		return pageData{}, err
 	}
-	code, msg := h.classify(r, err)
-	http.Error(w, msg, code)
+	shape, err := Shape(ctx, h.r, time.Now(), allStates())
+	if err != nil {
+		return pageData{}, err
+	}
+	data := pageData{Name: h.cfg.name, Stats: st, Shape: shape, AllowActions: h.cfg.actions,
+		RefreshMS: h.cfg.refresh.Milliseconds(), Metrics: h.cfg.metrics != nil}
+	for _, s := range allStates() {
+		data.States = append(data.States, s.String())
+	}
+	if h.cfg.actions {
+		data.Token = h.token(r)
+	}
+	return data, nil
 }
