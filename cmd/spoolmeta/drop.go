@@ -6,14 +6,14 @@ import (
 
 	"gorm.io/gorm"
 
-	"schneider.vip/retryspool/storage/meta/sqlite/repository"
+	sqlitemeta "schneider.vip/retryspool/storage/meta/sqlite"
 )
 
 var cmdDrop = &command{
 	name:    "drop",
 	summary: "remove a queue's tables, with every message in them (needs --yes)",
 	help: `Removes the message table (--table), its counter table, its count
-triggers and its schema record, with repository.Drop; other queues' tables
+triggers and its schema record, with sqlitemeta.Drop; other queues' tables
 in the same database stay. Every message of the queue is gone afterwards;
 the bodies in a data store are not touched. Stop the queue first. Without
 --yes it changes nothing and exits with 2.`,
@@ -49,7 +49,7 @@ func runDrop(ctx context.Context, a *app, args []string) error {
 	}
 	// Drop through the store's own database, on its write path: on a
 	// SQLite file the store's writer then holds the write lock.
-	err = s.r.Transaction(ctx, func(tx *gorm.DB) error { return repository.Drop(ctx, tx, s.table) })
+	err = s.r.Transaction(ctx, func(tx *gorm.DB) error { return sqlitemeta.Drop(ctx, tx, s.table) })
 	if cerr := s.close(); cerr != nil && err == nil {
 		err = cerr
 	}

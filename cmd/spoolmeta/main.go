@@ -21,7 +21,7 @@ import (
 
 	metastorage "schneider.vip/retryspool/storage/meta"
 
-	"schneider.vip/retryspool/storage/meta/sqlite/repository"
+	sqlitemeta "schneider.vip/retryspool/storage/meta/sqlite"
 )
 
 // Exit codes.
@@ -243,7 +243,7 @@ func usagef(cmd, format string, args ...any) error {
 func exitCode(err error) int {
 	var ue *usageError
 	switch {
-	case errors.As(err, &ue), errors.Is(err, repository.ErrInvalidInput), errors.Is(err, metastorage.ErrInvalidState):
+	case errors.As(err, &ue), errors.Is(err, sqlitemeta.ErrInvalidInput), errors.Is(err, metastorage.ErrInvalidState):
 		return exitUsage
 	case errors.Is(err, metastorage.ErrMessageNotFound), errors.Is(err, errNotFound):
 		return exitNotFound

@@ -101,61 +101,6 @@ func fails(t *testing.T, code int, args ...string) result {
 	return res
 }
 
-// seed is the data set of the tests, with times relative to now: ages are
-// hours, far from the ages the commands are given.
-func seed(now time.Time) []metastorage.MessageMetadata {
-	h := func(n float64) time.Time { return now.Add(time.Duration(n * float64(time.Hour))) }
-	md := func(id string, s metastorage.QueueState, created, updated time.Time) metastorage.MessageMetadata {
-		return metastorage.MessageMetadata{ID: id, State: s, Created: created, Updated: updated, MaxAttempts: 5, Size: 100}
-	}
-	due1 := md("def-due1", metastorage.StateDeferred, h(-50), h(-49))
-	due1.NextRetry, due1.Attempts, due1.LastError = h(-2), 2, "451 try again later"
-	due1.Headers = map[string]string{"tenant": "acme", "to": "a@example.com"}
-	due1.Priority, due1.RetryPolicyName = 3, "exponential"
-	due2 := md("def-due2", metastorage.StateDeferred, h(-40), h(-39))
-	due2.NextRetry = h(-1)
-	later := md("def-later", metastorage.StateDeferred, h(-30), h(-29))
-	later.NextRetry = h(2)
-	return []metastorage.MessageMetadata{
-		md("inc-old", metastorage.StateIncoming, h(-72), h(-72)),
-		md("inc-new", metastorage.StateIncoming, h(-1), h(-1)),
-		md("act-stale", metastorage.StateActive, h(-10), h(-3)),
-		md("act-fresh", metastorage.StateActive, h(-9), now.Add(-time.Minute)),
-		due1, due2, later,
-		md("hold-1", metastorage.StateHold, h(-5), h(-5)),
-		md("bnc-old1", metastorage.StateBounce, h(-100), h(-100)),
-		md("bnc-old2", metastorage.StateBounce, h(-80), h(-80)),
-		md("bnc-new", metastorage.StateBounce, h(-2), h(-2)),
-	}
-}
-
-// seedFile creates a SQLite store with the seed data and returns its path.
-func seedFile(t *testing.T) string {
-	t.Helper()
-	path := filepath.Join(t.TempDir(), "meta.db")
-	r, err := sqlitemeta.NewFactory(sqlitemeta.WithDatabasePath(path)).Open(context.Background())
-	require.NoError(t, err)
-	require.NoError(t, r.StoreMetaBatch(context.Background(), seed(time.Now())))
-	require.NoError(t, r.Close())
-	return path
-}
-
-// openFile opens a SQLite store for checks.
-func openCheck(t *testing.T, path string) *sqlitemeta.Repository {
-	t.Helper()
-	r, err := sqlitemeta.NewFactory(sqlitemeta.WithDatabasePath(path)).Open(context.Background())
-	require.NoError(t, err)
-	t.Cleanup(func() { _ = r.Close() })
-	return r
-}
-
-func stateOf(t *testing.T, r *sqlitemeta.Repository, id string) metastorage.QueueState {
-	t.Helper()
-	md, err := r.GetMeta(context.Background(), id)
-	require.NoError(t, err)
-	return md.State
-}
-
 // The JSON shapes scripts rely on, written out independently of the code.
 type (
 	statsOut struct {

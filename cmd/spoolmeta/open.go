@@ -21,7 +21,6 @@ import (
 	metafs "schneider.vip/retryspool/storage/meta/filesystem"
 
 	sqlitemeta "schneider.vip/retryspool/storage/meta/sqlite"
-	"schneider.vip/retryspool/storage/meta/sqlite/repository"
 )
 
 const (
@@ -109,7 +108,7 @@ func detectDSN(dsn string) (engine, driverDSN string, ok bool) {
 
 // store is an opened metadata store.
 type store struct {
-	r      *repository.Repository
+	r      *sqlitemeta.Repository
 	engine string
 	path   string // absolute path of a SQLite file
 	table  string
@@ -134,7 +133,7 @@ func gormConfig() *gorm.Config {
 // the SQLite file and the table must already exist: an inspection with a
 // typo in a name must not create an empty store.
 func openStore(ctx context.Context, cmd string, cf *connFlags, acc access) (*store, error) {
-	if err := repository.CheckTableName(cf.table); err != nil {
+	if err := sqlitemeta.CheckTableName(cf.table); err != nil {
 		return nil, usagef(cmd, "--table: %v", err)
 	}
 	if cf.dsn != "" && cf.given("db") {
@@ -259,7 +258,7 @@ type source struct {
 // metadata backend), a server DSN, or a SQLite file ("sqlite:PATH" or a
 // plain path).
 func openSource(ctx context.Context, cmd, from, table string) (*source, error) {
-	if err := repository.CheckTableName(table); err != nil {
+	if err := sqlitemeta.CheckTableName(table); err != nil {
 		return nil, usagef(cmd, "--from-table: %v", err)
 	}
 	switch {

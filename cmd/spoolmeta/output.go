@@ -9,21 +9,15 @@ import (
 	"time"
 
 	metastorage "schneider.vip/retryspool/storage/meta"
-)
 
-var stateNames = func() map[string]metastorage.QueueState {
-	m := map[string]metastorage.QueueState{}
-	for s := metastorage.StateIncoming; s <= metastorage.StateArchived; s++ {
-		m[s.String()] = s
-	}
-	return m
-}()
+	"schneider.vip/retryspool/storage/meta/sqlite/dashboard"
+)
 
 // parseState reads a state name, case-insensitively.
 func parseState(cmd, name string) (metastorage.QueueState, error) {
-	s, ok := stateNames[strings.ToLower(name)]
-	if !ok {
-		return 0, usagef(cmd, "unknown state %q (want incoming, active, deferred, hold, bounce or archived)", name)
+	s, err := dashboard.ParseState(name)
+	if err != nil {
+		return 0, usagef(cmd, "%v", err)
 	}
 	return s, nil
 }
@@ -34,21 +28,9 @@ func parseAge(cmd, flagName, v string) (time.Duration, error) {
 	if v == "" {
 		return 0, usagef(cmd, "%s needs --%s (for example 30m, 24h or 7d)", cmd, flagName)
 	}
-	var d time.Duration
-	if days, ok := strings.CutSuffix(v, "d"); ok {
-		var n int
-		if _, err := fmt.Sscanf(days, "%d", &n); err != nil || fmt.Sprint(n) != days {
-			return 0, usagef(cmd, "--%s %q: not a duration", flagName, v)
-		}
-		d = time.Duration(n) * 24 * time.Hour
-	} else {
-		var err error
-		if d, err = time.ParseDuration(v); err != nil {
-			return 0, usagef(cmd, "--%s %q: not a duration (for example 30m, 24h or 7d)", flagName, v)
-		}
-	}
-	if d <= 0 {
-		return 0, usagef(cmd, "--%s must be positive, got %q", flagName, v)
+	d, err := dashboard.ParseAge(v)
+	if err != nil {
+		return 0, usagef(cmd, "--%s %v", flagName, err)
 	}
 	return d, nil
 }
@@ -108,31 +90,6 @@ func writeJSON(w io.Writer, v any) error {
 
 func newTable(w io.Writer) *tabwriter.Writer {
 	return tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-}
-
-// messageJSON is a record as --json prints it.
-type messageJSON struct {
-	ID              string            `json:"id"`
-	State           string            `json:"state"`
-	Attempts        int               `json:"attempts"`
-	MaxAttempts     int               `json:"max_attempts"`
-	NextRetry       *string           `json:"next_retry"`
-	Created         *string           `json:"created"`
-	Updated         *string           `json:"updated"`
-	LastError       string            `json:"last_error"`
-	Size            int64             `json:"size"`
-	Priority        int               `json:"priority"`
-	Headers         map[string]string `json:"headers"`
-	RetryPolicyName string            `json:"retry_policy_name"`
-}
-
-func toJSON(md metastorage.MessageMetadata) messageJSON {
-	return messageJSON{
-		ID: md.ID, State: md.State.String(), Attempts: md.Attempts, MaxAttempts: md.MaxAttempts,
-		NextRetry: jsonTime(md.NextRetry), Created: jsonTime(md.Created), Updated: jsonTime(md.Updated),
-		LastError: md.LastError, Size: md.Size, Priority: md.Priority, Headers: md.Headers,
-		RetryPolicyName: md.RetryPolicyName,
-	}
 }
 
 // oneLine shortens s to n runes on one line.

@@ -1,159 +1,291 @@
 package main
 
 import (
+	"bufio"
 	"bytes"
 	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
 	"encoding/json"
+	"encoding/pem"
+	"fmt"
 	"io"
+	"math/big"
+	"net"
 	"net/http"
-	"net/http/httptest"
-	"strconv"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
 	"strings"
+	"sync"
+	"syscall"
 	"testing"
 	"time"
 
-	dto "github.com/prometheus/client_model/go"
-	"github.com/prometheus/common/expfmt"
-	"github.com/prometheus/common/model"
 	"github.com/stretchr/testify/require"
-	metastorage "schneider.vip/retryspool/storage/meta"
+	"golang.org/x/crypto/bcrypt"
 
-	sqlitemeta "schneider.vip/retryspool/storage/meta/sqlite"
-	"schneider.vip/retryspool/storage/meta/sqlite/repository"
+	"schneider.vip/retryspool/storage/meta/sqlite/dashboard"
 )
 
-// testServer is "spoolmeta serve" on a SQLite file, in the test's process.
-type testServer struct {
-	*httptest.Server
-	sv *server
-	r  *repository.Repository
+// served is a "spoolmeta serve" process.
+type served struct {
+	url    string // http://127.0.0.1:PORT or https://...
+	stdout string // its first line
+	mu     sync.Mutex
+	stderr bytes.Buffer
 }
 
-// startServer serves the store at path the way runServe does: the store
-// opened with a meter provider feeding the Prometheus exporter.
-func startServer(t testing.TB, path string, allowActions bool) *testServer {
+func (s *served) errText() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.stderr.String()
+}
+
+func (s *served) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.stderr.Write(p)
+}
+
+var servingLine = regexp.MustCompile(`on (https?://[^/ ]+)/$`)
+
+// serve starts the binary's serve with args and returns once it listens;
+// it is stopped with SIGINT at the end of the test.
+func serve(t *testing.T, args ...string) *served {
 	t.Helper()
-	mp, metrics, err := newMetrics()
+	cmd := exec.Command(binary, append([]string{"serve"}, args...)...)
+	s := &served{}
+	cmd.Stderr = s
+	out, err := cmd.StdoutPipe()
 	require.NoError(t, err)
-	s, err := openStore(context.Background(), "serve", &connFlags{db: path, table: defaultTable,
-		opts: []sqlitemeta.Option{sqlitemeta.WithMeterProvider(mp)}}, readWrite)
-	require.NoError(t, err)
-	sv, err := newServer(s, allowActions, time.Second, metrics)
-	require.NoError(t, err)
-	sv.loopback = true
-	ts := httptest.NewServer(sv.routes())
+	require.NoError(t, cmd.Start())
 	t.Cleanup(func() {
-		ts.Close()
-		require.NoError(t, s.close())
-		_ = mp.Shutdown(context.Background())
+		_ = cmd.Process.Signal(syscall.SIGINT)
+		_ = cmd.Wait()
 	})
-	return &testServer{Server: ts, sv: sv, r: s.r}
+	line, err := bufio.NewReader(out).ReadString('\n')
+	require.NoError(t, err, "serve printed no line; stderr: %s", s.errText())
+	go func() { _, _ = io.Copy(io.Discard, out) }()
+	s.stdout = strings.TrimSpace(line)
+	m := servingLine.FindStringSubmatch(s.stdout)
+	require.NotNil(t, m, s.stdout)
+	s.url = m[1]
+	return s
 }
 
-func (ts *testServer) getJSON(t testing.TB, path string, v any) int {
+// webConfigFile writes a web config with users (name: password; hashed
+// here at bcrypt's lowest cost) and extra YAML, and returns its path.
+func webConfigFile(t *testing.T, users map[string]string, extra string) string {
 	t.Helper()
-	res, err := http.Get(ts.URL + path)
-	require.NoError(t, err)
-	defer res.Body.Close()
-	require.Equal(t, "application/json; charset=utf-8", res.Header.Get("Content-Type"))
-	require.NoError(t, json.NewDecoder(res.Body).Decode(v))
-	return res.StatusCode
-}
-
-// post sends an action the way the dashboard does, with changes applied
-// to the request first.
-func (ts *testServer) post(t testing.TB, action string, body any, change func(*http.Request)) (int, map[string]any) {
-	t.Helper()
-	b, err := json.Marshal(body)
-	require.NoError(t, err)
-	req, err := http.NewRequest("POST", ts.URL+"/api/actions/"+action, bytes.NewReader(b))
-	require.NoError(t, err)
-	req.Header.Set("Content-Type", "application/json")
-	req.Header.Set("Origin", ts.URL)
-	req.Header.Set("Sec-Fetch-Site", "same-origin")
-	req.Header.Set(tokenHeader, ts.sv.token)
-	if change != nil {
-		change(req)
+	var b strings.Builder
+	if len(users) > 0 {
+		b.WriteString("basic_auth_users:\n")
+		for u, p := range users {
+			h, err := bcrypt.GenerateFromPassword([]byte(p), bcrypt.MinCost)
+			require.NoError(t, err)
+			fmt.Fprintf(&b, "  %s: %s\n", u, h)
+		}
 	}
+	b.WriteString(extra)
+	path := filepath.Join(t.TempDir(), "web.yml")
+	require.NoError(t, os.WriteFile(path, []byte(b.String()), 0o600))
+	return path
+}
+
+// request gets url with the Authorization header auth ("" for none).
+func request(t *testing.T, c *http.Client, url, auth string) *http.Response {
+	t.Helper()
+	req, err := http.NewRequest("GET", url, nil)
+	require.NoError(t, err)
+	if auth != "" {
+		req.Header.Set("Authorization", auth)
+	}
+	res, err := c.Do(req)
+	require.NoError(t, err)
+	_, _ = io.Copy(io.Discard, res.Body)
+	res.Body.Close()
+	return res
+}
+
+func basic(user, password string) string {
+	req, _ := http.NewRequest("GET", "/", nil)
+	req.SetBasicAuth(user, password)
+	return req.Header.Get("Authorization")
+}
+
+// servedPaths are every kind of path serve answers.
+var servedPaths = []string{"/", "/static/app.js", "/static/style.css", "/api/stats", "/api/shape",
+	"/api/messages?state=hold", "/api/message?id=hold-1", "/metrics"}
+
+// checkAuth checks that every path wants the credentials of alice.
+func checkAuth(t *testing.T, c *http.Client, base string) {
+	t.Helper()
+	for _, p := range servedPaths {
+		for name, auth := range map[string]string{
+			"no credentials":     "",
+			"wrong password":     basic("alice", "wrong"),
+			"unknown user":       basic("mallory", "s3cret"),
+			"empty password":     basic("alice", ""),
+			"not base64":         "Basic !!!not-base64!!!",
+			"no colon":           "Basic YWxpY2U=", // "alice"
+			"other scheme":       "Bearer s3cret",
+			"scheme only":        "Basic",
+			"password of bob":    basic("alice", "hunter2"),
+			"user name of alice": basic("Alice", "s3cret"),
+		} {
+			res := request(t, c, base+p, auth)
+			require.Equal(t, http.StatusUnauthorized, res.StatusCode, "%s %s", p, name)
+			require.True(t, strings.HasPrefix(res.Header.Get("WWW-Authenticate"), "Basic"), "%s %s", p, name)
+		}
+		res := request(t, c, base+p, basic("alice", "s3cret"))
+		require.Equal(t, http.StatusOK, res.StatusCode, p)
+		res = request(t, c, base+p, basic("bob", "hunter2"))
+		require.Equal(t, http.StatusOK, res.StatusCode, p)
+	}
+	// The security headers are on what the credentials open.
+	res := request(t, c, base+"/", basic("alice", "s3cret"))
+	require.Contains(t, res.Header.Get("Content-Security-Policy"), "frame-ancestors 'none'")
+	require.Equal(t, "nosniff", res.Header.Get("X-Content-Type-Options"))
+	require.Equal(t, "no-referrer", res.Header.Get("Referrer-Policy"))
+}
+
+func TestServeBasicAuth(t *testing.T) {
+	t.Parallel()
+	cfg := webConfigFile(t, map[string]string{"alice": "s3cret", "bob": "hunter2"}, "")
+	s := serve(t, "--db", seedFile(t), "--listen", "127.0.0.1:0", "--web-config", cfg)
+	require.Contains(t, s.stdout, "basic authentication, 2 user(s)")
+	require.True(t, strings.HasPrefix(s.url, "http://"))
+	checkAuth(t, http.DefaultClient, s.url)
+}
+
+// selfSigned writes a certificate for 127.0.0.1 and its key into dir and
+// returns the certificate.
+func selfSigned(t *testing.T, dir string) *x509.Certificate {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	require.NoError(t, err)
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "spoolmeta test"},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(24 * time.Hour),
+		IPAddresses: []net.IP{net.ParseIP("127.0.0.1")}, DNSNames: []string{"localhost"},
+		KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	require.NoError(t, err)
+	kb, err := x509.MarshalECPrivateKey(key)
+	require.NoError(t, err)
+	require.NoError(t, os.WriteFile(filepath.Join(dir, "server.crt"), pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o600))
+	require.NoError(t, os.WriteFile(filepath.Join(dir, "server.key"), pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: kb}), 0o600))
+	cert, err := x509.ParseCertificate(der)
+	require.NoError(t, err)
+	return cert
+}
+
+func TestServeTLS(t *testing.T) {
+	t.Parallel()
+	cfg := webConfigFile(t, map[string]string{"alice": "s3cret", "bob": "hunter2"},
+		"tls_server_config:\n  cert_file: server.crt\n  key_file: server.key\n")
+	cert := selfSigned(t, filepath.Dir(cfg)) // relative to the config file
+	s := serve(t, "--db", seedFile(t), "--listen", "127.0.0.1:0", "--web-config", cfg)
+	require.True(t, strings.HasPrefix(s.url, "https://"), s.stdout)
+	pool := x509.NewCertPool()
+	pool.AddCert(cert)
+	c := &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}}}
+	checkAuth(t, c, s.url)
+
+	// A client that does not trust the certificate gets no answer.
+	_, err := http.Get(s.url + "/")
+	require.ErrorContains(t, err, "certificate")
+	// Plain HTTP to the TLS port is refused.
+	res := request(t, http.DefaultClient, "http://"+strings.TrimPrefix(s.url, "https://")+"/", basic("alice", "s3cret"))
+	require.Equal(t, http.StatusBadRequest, res.StatusCode)
+}
+
+// An address other than a loopback one is refused without users.
+func TestServeRefusesExposure(t *testing.T) {
+	t.Parallel()
+	db := seedFile(t)
+	noUsers := webConfigFile(t, nil, "http_server_config:\n  http2: false\n")
+	for name, args := range map[string][]string{
+		"no web config":        {"--listen", "0.0.0.0:0"},
+		"no users":             {"--listen", "0.0.0.0:0", "--web-config", noUsers},
+		"all addresses, no IP": {"--listen", ":0"},
+	} {
+		res := spool(t, append([]string{"serve", "--db", db}, args...)...)
+		require.Equal(t, exitUsage, res.code, name)
+		require.Contains(t, res.stderr, "refusing to serve", name)
+		require.Contains(t, res.stderr, "--web-config FILE with basic_auth_users", name)
+		require.Contains(t, res.stderr, "--insecure-no-auth", name)
+		require.Empty(t, res.stdout, name)
+	}
+
+	// --insecure-no-auth serves, with a warning.
+	s := serve(t, "--db", db, "--listen", "0.0.0.0:0", "--insecure-no-auth", "--allow-actions")
+	_, port, err := net.SplitHostPort(strings.TrimPrefix(s.url, "http://"))
+	require.NoError(t, err)
+	res := request(t, http.DefaultClient, "http://127.0.0.1:"+port+"/api/stats", "")
+	require.Equal(t, http.StatusOK, res.StatusCode)
+	require.Contains(t, s.errText(), "WARNING: serving")
+	require.Contains(t, s.errText(), "without authentication (--insecure-no-auth)")
+	require.Contains(t, s.errText(), "move, requeue and purge")
+}
+
+func TestServeWebConfigErrors(t *testing.T) {
+	t.Parallel()
+	db := seedFile(t)
+	dir := t.TempDir()
+	write := func(name, text string) string {
+		p := filepath.Join(dir, name)
+		require.NoError(t, os.WriteFile(p, []byte(text), 0o600))
+		return p
+	}
+	users := webConfigFile(t, map[string]string{"alice": "s3cret"}, "")
+	for name, c := range map[string]struct {
+		args []string
+		want string
+	}{
+		"missing file":     {[]string{"--web-config", filepath.Join(dir, "nosuch.yml")}, "no such file"},
+		"not a hash":       {[]string{"--web-config", write("plain.yml", "basic_auth_users:\n  alice: s3cret\n")}, "--web-config"},
+		"unknown field":    {[]string{"--web-config", write("field.yml", "basic_auth_user:\n  alice: x\n")}, "basic_auth_user"},
+		"missing key file": {[]string{"--web-config", write("tls.yml", "tls_server_config:\n  cert_file: nosuch.crt\n")}, "key"},
+		"insecure, users":  {[]string{"--web-config", users, "--insecure-no-auth"}, "cannot go with"},
+		"short refresh":    {[]string{"--refresh", "100ms"}, "--refresh"},
+	} {
+		res := spool(t, append([]string{"serve", "--db", db, "--listen", "127.0.0.1:0"}, c.args...)...)
+		require.Equal(t, exitUsage, res.code, name)
+		require.Contains(t, res.stderr, c.want, name)
+	}
+}
+
+// On a loopback address, a page reached through another Host name (DNS
+// rebinding) is refused.
+func TestServeLocalHostOnly(t *testing.T) {
+	t.Parallel()
+	s := serve(t, "--db", seedFile(t))
+	require.Contains(t, s.stdout, "no authentication")
+	req, _ := http.NewRequest("GET", s.url+"/api/stats", nil)
+	req.Host = "attacker.example:80"
 	res, err := http.DefaultClient.Do(req)
 	require.NoError(t, err)
-	defer res.Body.Close()
-	raw, err := io.ReadAll(res.Body)
-	require.NoError(t, err)
-	var out map[string]any
-	_ = json.Unmarshal(raw, &out)
-	return res.StatusCode, out
+	res.Body.Close()
+	require.Equal(t, http.StatusMisdirectedRequest, res.StatusCode)
+	res = request(t, http.DefaultClient, s.url+"/api/stats", "")
+	require.Equal(t, http.StatusOK, res.StatusCode)
 }
 
-func TestServeStatsEqualStore(t *testing.T) {
+func TestServeHTTPServerTimeouts(t *testing.T) {
 	t.Parallel()
-	ts := startServer(t, seedMany(t, 2000), false)
-	want, err := ts.r.Stats(context.Background())
-	require.NoError(t, err)
-	var got statsView
-	require.Equal(t, http.StatusOK, ts.getJSON(t, "/api/stats", &got))
-	require.Len(t, got.States, len(want))
-	var total int64
-	for i, st := range want {
-		require.Equal(t, st.State.String(), got.States[i].State)
-		require.Equal(t, st.Count, got.States[i].Count)
-		require.Equal(t, st.OldestID, got.States[i].OldestID)
-		total += st.Count
-	}
-	require.EqualValues(t, 2000, total)
-	require.Equal(t, total, got.Total)
-}
-
-// The age table equals a count made by walking every message, at the same
-// instant.
-func TestShapeEqualsWalk(t *testing.T) {
-	t.Parallel()
-	path := seedMany(t, 3000)
-	r := openCheck(t, path)
-	ctx := context.Background()
-	now := time.Now()
-	shape, err := ageShape(ctx, r, now, allStates())
-	require.NoError(t, err)
-	require.Equal(t, bucketLabels, shape.Buckets)
-	require.Equal(t, []string{"5m", "10m", "20m", "40m", "80m", "160m", "320m", "more"}, shape.Buckets)
-
-	var grand int64
-	for i, st := range allStates() {
-		want := make([]int64, len(bucketLabels))
-		it, err := r.NewMessageIterator(ctx, st, 500)
-		require.NoError(t, err)
-		for {
-			md, ok, err := it.Next(ctx)
-			require.NoError(t, err)
-			if !ok {
-				break
-			}
-			age := now.Sub(md.Created)
-			b := len(ageBuckets)
-			for j, edge := range ageBuckets {
-				if age <= edge {
-					b = j
-					break
-				}
-			}
-			want[b]++
-		}
-		require.NoError(t, it.Close())
-		require.Equal(t, st.String(), shape.States[i].State)
-		require.Equal(t, want, shape.States[i].Counts, st.String())
-		var sum int64
-		for _, n := range want {
-			sum += n
-		}
-		require.Equal(t, sum, shape.States[i].Total)
-		grand += sum
-	}
-	require.EqualValues(t, 3000, grand)
-	require.Equal(t, grand, shape.Total)
-	// The seed spreads ages over ten hours: every bucket has messages.
-	for i, n := range shape.Totals {
-		require.Positive(t, n, shape.Buckets[i])
-	}
+	hs := newHTTPServer(http.NotFoundHandler(), io.Discard)
+	require.Positive(t, hs.ReadHeaderTimeout)
+	require.Positive(t, hs.ReadTimeout)
+	require.Positive(t, hs.WriteTimeout)
+	require.Positive(t, hs.IdleTimeout)
+	require.Positive(t, hs.MaxHeaderBytes)
+	require.LessOrEqual(t, hs.ReadHeaderTimeout, hs.ReadTimeout)
 }
 
 func TestShapeCommand(t *testing.T) {
@@ -174,229 +306,11 @@ func TestShapeCommand(t *testing.T) {
 	out.Reset()
 	code = run(context.Background(), []string{"shape", "--db", path, "--json"}, &out, &errb)
 	require.Equal(t, exitOK, code, errb.String())
-	var js shapeJSON
+	var js dashboard.ShapeTable
 	require.NoError(t, json.Unmarshal(out.Bytes(), &js))
 	require.Len(t, js.States, 6)
 	require.EqualValues(t, 500, js.Total)
 
 	code = run(context.Background(), []string{"shape", "--db", path, "nosuch"}, &out, &errb)
 	require.Equal(t, exitUsage, code)
-}
-
-func TestServeMessages(t *testing.T) {
-	t.Parallel()
-	ts := startServer(t, seedMany(t, 1000), false)
-	// Paging a state: every message once, in order.
-	seen := map[string]bool{}
-	var last string
-	for offset := 0; ; offset += 70 {
-		var page pageJSON
-		require.Equal(t, http.StatusOK, ts.getJSON(t, "/api/messages?state=deferred&limit=70&offset="+strconv.Itoa(offset), &page))
-		require.Equal(t, 580, page.Total)
-		for _, m := range page.Messages {
-			require.False(t, seen[m.ID], "repeated %s", m.ID)
-			seen[m.ID] = true
-			require.Equal(t, "deferred", m.State)
-			require.GreaterOrEqual(t, *m.Created, last)
-			last = *m.Created
-		}
-		if !page.HasMore {
-			break
-		}
-	}
-	require.Len(t, seen, 580)
-
-	var page pageJSON
-	require.Equal(t, http.StatusOK, ts.getJSON(t, "/api/messages?state=hold&sort=priority&order=desc&limit=5", &page))
-	require.Len(t, page.Messages, 5)
-	require.Equal(t, "priority", page.Sort)
-	for i := 1; i < len(page.Messages); i++ {
-		require.LessOrEqual(t, page.Messages[i].Priority, page.Messages[i-1].Priority)
-	}
-	var one messageJSON
-	require.Equal(t, http.StatusOK, ts.getJSON(t, "/api/message?id="+page.Messages[0].ID, &one))
-	require.Equal(t, page.Messages[0], one)
-	require.NotEmpty(t, one.Headers["Subject"])
-
-	var e apiError
-	require.Equal(t, http.StatusNotFound, ts.getJSON(t, "/api/message?id=nosuch", &e))
-	require.Contains(t, e.Error, "not found")
-	require.Equal(t, http.StatusBadRequest, ts.getJSON(t, "/api/messages?state=nosuch", &e))
-	require.Equal(t, http.StatusBadRequest, ts.getJSON(t, "/api/messages?state=hold&limit=0", &e))
-	require.Equal(t, http.StatusBadRequest, ts.getJSON(t, "/api/messages?state=hold&sort=size", &e))
-}
-
-func TestServeDashboardHTML(t *testing.T) {
-	t.Parallel()
-	ts := startServer(t, seedMany(t, 300), false)
-	res, err := http.Get(ts.URL + "/")
-	require.NoError(t, err)
-	body, _ := io.ReadAll(res.Body)
-	res.Body.Close()
-	require.Equal(t, http.StatusOK, res.StatusCode)
-	require.Contains(t, res.Header.Get("Content-Security-Policy"), "script-src 'self'")
-	require.Equal(t, "DENY", res.Header.Get("X-Frame-Options"))
-	html := string(body)
-	require.Contains(t, html, `data-count="174"`) // deferred: 58 of every 100
-	require.Contains(t, html, "read-only")
-	require.NotContains(t, html, `id="actions"`)
-	require.Contains(t, html, `data-token=""`, "no token in a read-only page")
-	for _, asset := range []string{"/static/app.js", "/static/style.css"} {
-		res, err := http.Get(ts.URL + asset)
-		require.NoError(t, err)
-		res.Body.Close()
-		require.Equal(t, http.StatusOK, res.StatusCode, asset)
-	}
-	// A page reached through another Host name (DNS rebinding) is refused.
-	req, _ := http.NewRequest("GET", ts.URL+"/api/stats", nil)
-	req.Host = "attacker.example:80"
-	res, err = http.DefaultClient.Do(req)
-	require.NoError(t, err)
-	res.Body.Close()
-	require.Equal(t, http.StatusMisdirectedRequest, res.StatusCode)
-}
-
-func TestServeActionsRefusedReadOnly(t *testing.T) {
-	t.Parallel()
-	path := seedFile(t)
-	ts := startServer(t, path, false)
-	code, out := ts.post(t, "move", map[string]any{"id": "hold-1", "from": "hold", "to": "incoming"}, nil)
-	require.Equal(t, http.StatusForbidden, code)
-	require.Contains(t, out["error"], "--allow-actions")
-	code, _ = ts.post(t, "purge", map[string]any{"state": "bounce", "older_than": "1h"}, nil)
-	require.Equal(t, http.StatusForbidden, code)
-	require.Equal(t, metastorage.StateHold, stateOf(t, ts.r, "hold-1"))
-	require.EqualValues(t, 3, ts.r.GetStateCount(metastorage.StateBounce))
-}
-
-func TestServeActions(t *testing.T) {
-	t.Parallel()
-	path := seedFile(t)
-	ts := startServer(t, path, true)
-	move := map[string]any{"id": "hold-1", "from": "hold", "to": "incoming"}
-
-	// Requests that do not come from the dashboard are refused.
-	for name, change := range map[string]func(*http.Request){
-		"no token":            func(r *http.Request) { r.Header.Del(tokenHeader) },
-		"wrong token":         func(r *http.Request) { r.Header.Set(tokenHeader, strings.Repeat("0", 32)) },
-		"cross-site fetch":    func(r *http.Request) { r.Header.Set("Sec-Fetch-Site", "cross-site") },
-		"other origin":        func(r *http.Request) { r.Header.Del("Sec-Fetch-Site"); r.Header.Set("Origin", "https://evil.example") },
-		"form content type":   func(r *http.Request) { r.Header.Set("Content-Type", "application/x-www-form-urlencoded") },
-		"same-site subdomain": func(r *http.Request) { r.Header.Set("Sec-Fetch-Site", "same-site") },
-	} {
-		code, _ := ts.post(t, "move", move, change)
-		require.Contains(t, []int{http.StatusForbidden, http.StatusUnsupportedMediaType}, code, name)
-	}
-	require.Equal(t, metastorage.StateHold, stateOf(t, ts.r, "hold-1"))
-
-	// Dry runs change nothing.
-	move["dry_run"] = true
-	code, out := ts.post(t, "move", move, nil)
-	require.Equal(t, http.StatusOK, code, out)
-	require.Equal(t, "would move hold-1 from hold to incoming", out["message"])
-	require.Equal(t, metastorage.StateHold, stateOf(t, ts.r, "hold-1"))
-	code, out = ts.post(t, "requeue-stale", map[string]any{"older_than": "2h", "dry_run": true}, nil)
-	require.Equal(t, http.StatusOK, code, out)
-	require.EqualValues(t, 1, out["count"]) // act-stale, claimed 3h ago
-	code, out = ts.post(t, "purge", map[string]any{"state": "bounce", "older_than": "24h", "dry_run": true}, nil)
-	require.Equal(t, http.StatusOK, code, out)
-	require.EqualValues(t, 2, out["count"])
-	require.EqualValues(t, 3, ts.r.GetStateCount(metastorage.StateBounce))
-	require.Equal(t, metastorage.StateActive, stateOf(t, ts.r, "act-stale"))
-
-	// Then for real.
-	move["dry_run"] = false
-	code, out = ts.post(t, "move", move, nil)
-	require.Equal(t, http.StatusOK, code, out)
-	require.Equal(t, metastorage.StateIncoming, stateOf(t, ts.r, "hold-1"))
-	code, out = ts.post(t, "move", move, nil)
-	require.Equal(t, http.StatusConflict, code, out)
-	code, out = ts.post(t, "requeue-stale", map[string]any{"older_than": "2h"}, nil)
-	require.Equal(t, http.StatusOK, code, out)
-	require.Equal(t, metastorage.StateIncoming, stateOf(t, ts.r, "act-stale"))
-	require.Equal(t, metastorage.StateActive, stateOf(t, ts.r, "act-fresh"))
-	code, out = ts.post(t, "purge", map[string]any{"state": "bounce", "older_than": "24h", "archive": true}, nil)
-	require.Equal(t, http.StatusOK, code, out)
-	require.Equal(t, "archived 2 bounce messages created before", out["message"].(string)[:41])
-	require.EqualValues(t, 1, ts.r.GetStateCount(metastorage.StateBounce))
-
-	// Bad requests.
-	code, _ = ts.post(t, "move", map[string]any{"id": "nosuch", "from": "hold", "to": "incoming"}, nil)
-	require.Equal(t, http.StatusNotFound, code)
-	code, _ = ts.post(t, "purge", map[string]any{"state": "bounce", "older_than": "-1h"}, nil)
-	require.Equal(t, http.StatusBadRequest, code)
-	code, _ = ts.post(t, "explode", map[string]any{}, nil)
-	require.Equal(t, http.StatusNotFound, code)
-	code, _ = ts.post(t, "move", map[string]any{"id": "x", "unknown": 1}, nil)
-	require.Equal(t, http.StatusBadRequest, code)
-}
-
-// scrape reads /metrics with the Prometheus text parser.
-func scrape(t testing.TB, url string) map[string]*dto.MetricFamily {
-	t.Helper()
-	res, err := http.Get(url + "/metrics")
-	require.NoError(t, err)
-	defer res.Body.Close()
-	require.Equal(t, http.StatusOK, res.StatusCode)
-	p := expfmt.NewTextParser(model.UTF8Validation)
-	fams, err := p.TextToMetricFamilies(res.Body)
-	require.NoError(t, err)
-	return fams
-}
-
-func labelsOf(m *dto.Metric) map[string]string {
-	out := map[string]string{}
-	for _, l := range m.GetLabel() {
-		out[l.GetName()] = l.GetValue()
-	}
-	return out
-}
-
-func TestServeMetricsEqualStats(t *testing.T) {
-	t.Parallel()
-	ts := startServer(t, seedMany(t, 2000), false)
-	var st statsView
-	require.Equal(t, http.StatusOK, ts.getJSON(t, "/api/stats", &st)) // some calls to measure
-	fams := scrape(t, ts.URL)
-	gauge, ok := fams["retryspool_meta_messages"]
-	if !ok {
-		_, calls := fams["db_client_operation_duration_seconds"]
-		require.False(t, calls, "the store measures its calls but reports no queue gauges")
-		t.Skip("the store does not report its metrics yet")
-	}
-	require.Equal(t, dto.MetricType_GAUGE, gauge.GetType())
-	stats, err := ts.r.Stats(context.Background())
-	require.NoError(t, err)
-	got := map[string]float64{}
-	for _, m := range gauge.GetMetric() {
-		l := labelsOf(m)
-		require.Equal(t, "sqlite", l["db_system_name"])
-		require.Equal(t, "messages", l["db_collection_name"])
-		got[l["retryspool_state"]] = m.GetGauge().GetValue()
-	}
-	for _, s := range stats {
-		require.Equal(t, float64(s.Count), got[s.State.String()], s.State.String())
-	}
-	ages := fams["retryspool_meta_oldest_age_seconds"]
-	require.NotNil(t, ages)
-	for _, m := range ages.GetMetric() {
-		state := labelsOf(m)["retryspool_state"]
-		for _, s := range stats {
-			if s.State.String() == state && s.Count > 0 {
-				want := time.Since(s.Oldest).Seconds()
-				require.InDelta(t, want, m.GetGauge().GetValue(), 60, state)
-			}
-		}
-	}
-	due := fams["retryspool_meta_due"]
-	require.NotNil(t, due)
-	require.InDelta(t, float64(st.Due.Count), due.GetMetric()[0].GetGauge().GetValue(), 3) // messages fall due as time passes
-	dur := fams["db_client_operation_duration_seconds"]
-	require.NotNil(t, dur)
-	require.Equal(t, dto.MetricType_HISTOGRAM, dur.GetType())
-	ops := map[string]bool{}
-	for _, m := range dur.GetMetric() {
-		ops[labelsOf(m)["db_operation_name"]] = true
-	}
-	require.True(t, ops["Stats"], "%v", ops)
 }

@@ -8,7 +8,7 @@ import (
 
 	metastorage "schneider.vip/retryspool/storage/meta"
 
-	"schneider.vip/retryspool/storage/meta/sqlite/repository"
+	"schneider.vip/retryspool/storage/meta/sqlite/dashboard"
 )
 
 var cmdShape = &command{
@@ -23,91 +23,6 @@ loaded. Counts taken while the queue moves may be off by the messages that
 moved between two reads.`,
 }
 
-// ageBuckets are the upper ends of the age buckets; a last bucket holds
-// every older message.
-var ageBuckets = []time.Duration{5 * time.Minute, 10 * time.Minute, 20 * time.Minute, 40 * time.Minute,
-	80 * time.Minute, 160 * time.Minute, 320 * time.Minute}
-
-// bucketLabels names the buckets: "5m" ... "320m", "more".
-var bucketLabels = func() []string {
-	var out []string
-	for _, b := range ageBuckets {
-		out = append(out, fmt.Sprintf("%dm", int(b.Minutes())))
-	}
-	return append(out, "more")
-}()
-
-// stateShape is the age table row of one state.
-type stateShape struct {
-	State  string  `json:"state"`
-	Total  int64   `json:"total"`
-	Counts []int64 `json:"counts"` // one per bucket label
-}
-
-// shapeJSON is the whole age table.
-type shapeJSON struct {
-	Now     string       `json:"now"`
-	Buckets []string     `json:"buckets"`
-	States  []stateShape `json:"states"`
-	Totals  []int64      `json:"totals"` // per bucket, over the states
-	Total   int64        `json:"total"`
-}
-
-// ageShape counts the messages of each state by age at now. For each
-// bucket boundary b it counts the messages created at or after now-b with
-// one index range count (ListMessages' Total with Since); the oldest and
-// newest message of Stats spare the counts whose answer is already known
-// (every message, or none). Nothing is loaded but counts.
-func ageShape(ctx context.Context, r *repository.Repository, now time.Time, states []metastorage.QueueState) (shapeJSON, error) {
-	out := shapeJSON{Now: now.UTC().Format(time.RFC3339), Buckets: bucketLabels, Totals: make([]int64, len(bucketLabels))}
-	stats, err := r.Stats(ctx)
-	if err != nil {
-		return out, err
-	}
-	for _, st := range states {
-		s := stats[st]
-		row := stateShape{State: st.String(), Total: s.Count, Counts: make([]int64, len(bucketLabels))}
-		prev := int64(0) // messages younger than the previous boundary
-		for i, b := range ageBuckets {
-			since := now.Add(-b)
-			var within int64 // messages created at or after since
-			switch {
-			case s.Count == 0:
-			case !s.Oldest.IsZero() && !s.Oldest.Before(since):
-				within = s.Count // even the oldest is younger
-			case s.Newest.Before(since):
-				within = 0 // even the newest is older
-			default:
-				res, err := r.ListMessages(ctx, st, metastorage.MessageListOptions{Limit: 1, Since: since})
-				if err != nil {
-					return out, err
-				}
-				within = int64(res.Total)
-			}
-			// Counts read at different moments of a moving queue: keep
-			// them monotonic and within the total.
-			within = min(max(within, prev), s.Count)
-			row.Counts[i] = within - prev
-			prev = within
-		}
-		row.Counts[len(ageBuckets)] = s.Count - prev
-		for i, n := range row.Counts {
-			out.Totals[i] += n
-		}
-		out.Total += row.Total
-		out.States = append(out.States, row)
-	}
-	return out, nil
-}
-
-func allStates() []metastorage.QueueState {
-	var out []metastorage.QueueState
-	for s := metastorage.StateIncoming; s <= metastorage.StateArchived; s++ {
-		out = append(out, s)
-	}
-	return out
-}
-
 func runShape(ctx context.Context, a *app, args []string) error {
 	c := cmdShape
 	fs, cf := a.newFlags(c)
@@ -115,9 +30,11 @@ func runShape(ctx context.Context, a *app, args []string) error {
 	if err != nil {
 		return err
 	}
-	states := allStates()
+	var states []metastorage.QueueState
+	for s := metastorage.StateIncoming; s <= metastorage.StateArchived && len(pos) == 0; s++ {
+		states = append(states, s)
+	}
 	if len(pos) > 0 {
-		states = nil
 		for _, p := range pos {
 			s, err := parseState(c.name, p)
 			if err != nil {
@@ -127,7 +44,7 @@ func runShape(ctx context.Context, a *app, args []string) error {
 		}
 	}
 	return withStore(ctx, c, cf, readOnly, func(s *store) error {
-		shape, err := ageShape(ctx, s.r, time.Now(), states)
+		shape, err := dashboard.Shape(ctx, s.r, time.Now(), states)
 		if err != nil {
 			return err
 		}

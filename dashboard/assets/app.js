@@ -1,4 +1,4 @@
-// The dashboard of "spoolmeta serve": refreshes the counts and the age
+// The RetrySpool dashboard: refreshes the counts and the age
 // table, pages through a state, shows one message and, when the server
 // allows actions, runs them after a dry run and a confirmation.
 "use strict";
@@ -150,7 +150,7 @@
     if (refreshing) return;
     refreshing = true;
     try {
-      const [st, sh] = await Promise.all([api("/api/stats"), api("/api/shape")]);
+      const [st, sh] = await Promise.all([api("api/stats"), api("api/shape")]);
       showStats(st);
       showShape(sh);
       $("#live").classList.remove("stale");
@@ -176,7 +176,7 @@
     });
     let page;
     try {
-      page = await api("/api/messages?" + q);
+      page = await api("api/messages?" + q);
     } catch (e) {
       $("#rows").replaceChildren(el("tr", {}, el("td", { colSpan: 7, class: "empty" }, e.message)));
       return;
@@ -212,7 +212,7 @@
   async function showMessage(id) {
     let m;
     try {
-      m = await api("/api/message?" + new URLSearchParams({ id: id }));
+      m = await api("api/message?" + new URLSearchParams({ id: id }));
     } catch (e) {
       $("#detail-body").replaceChildren(el("p", { class: "empty" }, e.message));
       $("#detail").hidden = false;
@@ -287,9 +287,9 @@
     if (!p) return;
     const out = $("#confirm-result");
     try {
-      const res = await api("/api/actions/" + p.name, {
+      const res = await api("api/actions/" + p.name, {
         method: "POST",
-        headers: { "Content-Type": "application/json", Accept: "application/json", "X-Spoolmeta-Token": token },
+        headers: { "Content-Type": "application/json", Accept: "application/json", "X-Dashboard-Token": token },
         body: JSON.stringify(Object.assign(p.body(), { dry_run: dry })),
       });
       out.className = "result " + (dry ? "dry" : "done");
