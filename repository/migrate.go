@@ -158,10 +158,8 @@ func (r *Repository) migrateTx(tx *gorm.DB) error {
 	if plan == migrateRepair {
 		return r.repair(tx)
 	}
-	if !tx.Migrator().HasTable(model.SchemaTableName) {
-		if err := r.ddl(tx).AutoMigrate(&model.SchemaVersion{}); err != nil {
-			return fmt.Errorf("create %s: %w", model.SchemaTableName, err)
-		}
+	if err := r.createSchemaTable(tx); err != nil {
+		return err
 	}
 	switch plan {
 	case migrateLegacy:
@@ -177,6 +175,27 @@ func (r *Repository) migrateTx(tx *gorm.DB) error {
 	return tx.Save(&model.SchemaVersion{
 		Table: r.t.messages, Version: SchemaVersion, Updated: time.Now().UnixNano(),
 	}).Error
+}
+
+// createSchemaTable creates retryspool_schema if it is missing, under a
+// lock of its own: the migrations of two different tables may both find it
+// missing at once.
+func (r *Repository) createSchemaTable(tx *gorm.DB) error {
+	if tx.Migrator().HasTable(model.SchemaTableName) {
+		return nil
+	}
+	unlock, err := r.d.lockSchema(tx, model.SchemaTableName)
+	if err != nil {
+		return err
+	}
+	defer unlock()
+	if tx.Migrator().HasTable(model.SchemaTableName) {
+		return nil
+	}
+	if err := r.ddl(tx).AutoMigrate(&model.SchemaVersion{}); err != nil {
+		return fmt.Errorf("create %s: %w", model.SchemaTableName, err)
+	}
+	return nil
 }
 
 // ddl returns tx prepared for AutoMigrate on this engine.
