@@ -200,52 +200,48 @@ var postgresDialect = dialect{
 	byKeyState:   "state",
 	shards:       counterShards,
 	triggers: func(t tables) []string {
-		m, c := `"`+t.messages+`"`, `"`+t.counts+`"`
+		m, c, w := `"`+t.messages+`"`, `"`+t.counts+`"`, `"`+t.writes+`"`
 		fn := `"` + t.messages + `_count"`
 		shard := fmt.Sprintf("(pg_backend_pid() %% %d)", counterShards)
+		// One function keeps the counts and the write fence: a write of
+		// the store sets a new stamp on the rows it inserts or updates,
+		// and a DELETE hands its stamp over in a transaction-local
+		// setting.
 		return []string{
-			fmt.Sprintf(`CREATE OR REPLACE FUNCTION %s() RETURNS trigger LANGUAGE plpgsql AS $$
-BEGIN
-  IF TG_OP = 'INSERT' THEN
-    UPDATE %s SET n = n + 1 WHERE state = NEW.state AND shard = %s;
-  ELSIF TG_OP = 'DELETE' THEN
-    UPDATE %s SET n = n - 1 WHERE state = OLD.state AND shard = %s;
-  ELSIF OLD.state <> NEW.state THEN
-    UPDATE %s SET n = n + (CASE WHEN state = NEW.state THEN 1 ELSE -1 END)
-      WHERE shard = %s AND state IN (OLD.state, NEW.state);
-  END IF;
-  RETURN NULL;
-END $$`, fn, c, shard, c, shard, c, shard),
-			fmt.Sprintf(`DROP TRIGGER IF EXISTS "%s_count" ON %s`, t.messages, m),
-			fmt.Sprintf(`CREATE TRIGGER "%s_count" AFTER INSERT OR DELETE OR UPDATE OF state ON %s `+
-				`FOR EACH ROW EXECUTE FUNCTION %s()`, t.messages, m, fn),
-			// The write fence: a write of the store sets a new stamp on
-			// the rows it inserts or updates, and a DELETE hands its
-			// stamp over in a transaction-local setting.
-			fmt.Sprintf(`CREATE OR REPLACE FUNCTION "%s_fence"() RETURNS trigger LANGUAGE plpgsql AS $$
+			fmt.Sprintf(`CREATE OR REPLACE FUNCTION %[1]s() RETURNS trigger LANGUAGE plpgsql AS $$
 DECLARE s bigint;
 BEGIN
-  IF TG_OP = 'DELETE' THEN
+  IF TG_OP = 'INSERT' THEN
+    UPDATE %[2]s SET n = n + 1 WHERE state = NEW.state AND shard = %[3]s;
+    IF NEW.stamp <> 0 THEN
+      INSERT INTO %[4]s (stamp, id) VALUES (NEW.stamp, NEW.id);
+    END IF;
+  ELSIF TG_OP = 'DELETE' THEN
+    UPDATE %[2]s SET n = n - 1 WHERE state = OLD.state AND shard = %[3]s;
     s := NULLIF(current_setting('retryspool.stamp', true), '')::bigint;
     IF s IS NOT NULL THEN
-      INSERT INTO "%s" (stamp, id) VALUES (s, OLD.id);
+      INSERT INTO %[4]s (stamp, id) VALUES (s, OLD.id);
     END IF;
-  ELSIF NEW.stamp <> 0 AND (TG_OP = 'INSERT' OR NEW.stamp <> OLD.stamp) THEN
-    INSERT INTO "%s" (stamp, id) VALUES (NEW.stamp, NEW.id);
+  ELSE
+    IF OLD.state <> NEW.state THEN
+      UPDATE %[2]s SET n = n + (CASE WHEN state = NEW.state THEN 1 ELSE -1 END)
+        WHERE shard = %[3]s AND state IN (OLD.state, NEW.state);
+    END IF;
+    IF NEW.stamp <> 0 AND NEW.stamp <> OLD.stamp THEN
+      INSERT INTO %[4]s (stamp, id) VALUES (NEW.stamp, NEW.id);
+    END IF;
   END IF;
   RETURN NULL;
-END $$`, t.messages, t.writes, t.writes),
-			fmt.Sprintf(`DROP TRIGGER IF EXISTS "%s_fence" ON %s`, t.messages, m),
-			fmt.Sprintf(`CREATE TRIGGER "%s_fence" AFTER INSERT OR DELETE OR UPDATE ON %s `+
-				`FOR EACH ROW EXECUTE FUNCTION "%s_fence"()`, t.messages, m, t.messages),
+END $$`, fn, c, shard, w),
+			fmt.Sprintf(`DROP TRIGGER IF EXISTS "%s_count" ON %s`, t.messages, m),
+			fmt.Sprintf(`CREATE TRIGGER "%s_count" AFTER INSERT OR DELETE OR UPDATE ON %s `+
+				`FOR EACH ROW EXECUTE FUNCTION %s()`, t.messages, m, fn),
 		}
 	},
 	dropTriggers: func(t tables) []string {
 		return []string{
 			fmt.Sprintf(`DROP TRIGGER IF EXISTS "%s_count" ON "%s"`, t.messages, t.messages),
 			fmt.Sprintf(`DROP FUNCTION IF EXISTS "%s_count"()`, t.messages),
-			fmt.Sprintf(`DROP TRIGGER IF EXISTS "%s_fence" ON "%s"`, t.messages, t.messages),
-			fmt.Sprintf(`DROP FUNCTION IF EXISTS "%s_fence"()`, t.messages),
 		}
 	},
 	// A transaction-scoped advisory lock: released by COMMIT or ROLLBACK.

@@ -16,8 +16,8 @@ const migrateRepair migration = 100
 // planRepair tells, for a table whose schema version is current, whether
 // what the version promises really exists: the message table, the counter
 // table with its rows, the write fence's table on the server engines, and
-// the count and fence triggers (on PostgreSQL the triggers and their
-// functions). It reads only: a few catalogue lookups, whatever the
+// the triggers that keep counts and fence (on PostgreSQL one trigger and
+// its function). It reads only: a few catalogue lookups, whatever the
 // table's size.
 func (r *Repository) planRepair(db *gorm.DB) (migration, error) {
 	missing, err := r.missingSchema(db)
@@ -68,11 +68,10 @@ func (r *Repository) triggerQuery() (int64, string, []any) {
 	names := []any{r.t.messages + "_count_insert", r.t.messages + "_count_delete", r.t.messages + "_count_update"}
 	switch r.d.name {
 	case "postgres":
-		// The triggers go with a dropped table; their functions do not.
-		pg := []any{r.t.messages + "_count", r.t.messages + "_fence"}
-		return 4, `SELECT (SELECT COUNT(*) FROM pg_trigger WHERE NOT tgisinternal AND tgname IN (?, ?) AND tgrelid = to_regclass(?))
-			+ (SELECT COUNT(*) FROM pg_proc WHERE proname IN (?, ?) AND pronamespace = (SELECT oid FROM pg_namespace WHERE nspname = current_schema()))`,
-			[]any{pg[0], pg[1], r.d.ident(r.t.messages), pg[0], pg[1]}
+		// The trigger goes with a dropped table; its function does not.
+		return 2, `SELECT (SELECT COUNT(*) FROM pg_trigger WHERE NOT tgisinternal AND tgname = ? AND tgrelid = to_regclass(?))
+			+ (SELECT COUNT(*) FROM pg_proc WHERE proname = ? AND pronamespace = (SELECT oid FROM pg_namespace WHERE nspname = current_schema()))`,
+			[]any{r.t.messages + "_count", r.d.ident(r.t.messages), r.t.messages + "_count"}
 	case "mysql":
 		names = append(names, r.t.messages+"_fence_insert", r.t.messages+"_fence_update", r.t.messages+"_fence_delete")
 		return 6, "SELECT COUNT(*) FROM information_schema.triggers WHERE trigger_schema = DATABASE() AND event_object_table = ? AND trigger_name IN ?",

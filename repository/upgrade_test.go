@@ -40,7 +40,22 @@ func TestUpgradeFromSchemaVersion1(t *testing.T) {
 		var downgrade []string
 		switch e.Name {
 		case "postgres":
-			downgrade = []string{`DROP TRIGGER "` + table + `_fence" ON "` + table + `"`, `DROP FUNCTION "` + table + `_fence"()`,
+			// Version 1's count trigger fired on changes of state only,
+			// and its function kept no fence.
+			downgrade = []string{`DROP TRIGGER "` + table + `_count" ON "` + table + `"`,
+				`CREATE OR REPLACE FUNCTION "` + table + `_count"() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+  IF TG_OP = 'INSERT' THEN
+    UPDATE "` + table + `_counts" SET n = n + 1 WHERE state = NEW.state AND shard = pg_backend_pid() % 16;
+  ELSIF TG_OP = 'DELETE' THEN
+    UPDATE "` + table + `_counts" SET n = n - 1 WHERE state = OLD.state AND shard = pg_backend_pid() % 16;
+  ELSIF OLD.state <> NEW.state THEN
+    UPDATE "` + table + `_counts" SET n = n + (CASE WHEN state = NEW.state THEN 1 ELSE -1 END)
+      WHERE shard = pg_backend_pid() % 16 AND state IN (OLD.state, NEW.state);
+  END IF;
+  RETURN NULL;
+END $$`,
+				`CREATE TRIGGER "` + table + `_count" AFTER INSERT OR DELETE OR UPDATE OF state ON "` + table + `" FOR EACH ROW EXECUTE FUNCTION "` + table + `_count"()`,
 				`DROP TABLE "` + table + `_writes"`}
 		case "mysql":
 			for _, s := range []string{"insert", "update", "delete"} {
