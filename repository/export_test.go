@@ -1,6 +1,7 @@
 package repository
 
 import (
+	"context"
 	"testing"
 	"time"
 )
@@ -12,3 +13,9 @@ func SetSettleTimeout(tb testing.TB, d time.Duration) {
 	settleTimeout = d
 	tb.Cleanup(func() { settleTimeout = old })
 }
+
+// PruneFence prunes the write fence now.
+func (r *Repository) PruneFence(ctx context.Context) error { return r.pruneFence(ctx) }
+
+// Stamp returns a write's stamp as if it had been made at t.
+func Stamp(t time.Time) int64 { return stampBefore(t) | 1 }

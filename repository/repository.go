@@ -185,6 +185,7 @@ func New(ctx context.Context, db *gorm.DB, cfg Config) (*Repository, error) {
 		prune: new(atomic.Int64),
 	}
 	r.s = buildStmts(d, r.t)
+	r.prune.Store(time.Now().UnixNano()) // the first prune of the fence a minute from now
 	ex, err := r.executor(ctx, pool, file)
 	if err != nil {
 		return nil, err

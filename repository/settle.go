@@ -212,17 +212,21 @@ func (r *Repository) maybePrune() {
 	if now-last < int64(pruneEvery) || !r.prune.CompareAndSwap(last, now) {
 		return
 	}
-	go func() {
-		ctx, c, err := r.enter(context.Background(), "PruneFence", "", long)
-		if err != nil {
-			return
-		}
-		defer func() { _ = c.end(err) }()
-		ctx, cancel := context.WithTimeout(ctx, pruneEvery)
-		defer cancel()
-		_, err = r.ex.exec(ctx, r.s.prune, stampBefore(time.Now().Add(-fenceRetention)))
-		if err != nil && r.tel != nil && !errors.Is(err, context.Canceled) {
-			r.tel.Log(ctx, slog.LevelWarn, "pruning the write fence failed", slog.Any("error", err))
-		}
-	}()
+	go func() { _ = r.pruneFence(context.Background()) }()
+}
+
+// pruneFence deletes the fence's pairs older than fenceRetention.
+func (r *Repository) pruneFence(ctx context.Context) (err error) {
+	ctx, c, err := r.enter(ctx, "PruneFence", "", long)
+	if err != nil {
+		return err
+	}
+	defer func() { err = c.end(err) }()
+	ctx, cancel := context.WithTimeout(ctx, pruneEvery)
+	defer cancel()
+	_, err = r.ex.exec(ctx, r.s.prune, stampBefore(time.Now().Add(-fenceRetention)))
+	if err != nil && r.tel != nil && !errors.Is(err, context.Canceled) {
+		r.tel.Log(ctx, slog.LevelWarn, "pruning the write fence failed", slog.Any("error", err))
+	}
+	return err
 }

@@ -322,3 +322,25 @@ func TestSettleOutcomeUnknown(t *testing.T) {
 		})
 	}
 }
+
+// The fence keeps a write's pairs for its retention, then a prune removes
+// them; pairs within it stay.
+func TestSettlePruneFence(t *testing.T) {
+	for _, e := range testdb.Servers() {
+		t.Run(e.Name, func(t *testing.T) {
+			if e.Skip != "" {
+				t.Skip(e.Skip)
+			}
+			t.Parallel()
+			rig := newSettleRig(t, e)
+			ctx := context.Background()
+			require.NoError(t, rig.r.StoreMeta(ctx, "fresh", seedMeta("fresh", metastorage.StateIncoming, 0)))
+			old := repository.Stamp(time.Now().Add(-time.Hour))
+			require.NoError(t, rig.admin.Exec("INSERT INTO "+rig.table+"_writes (stamp, id, fenced) VALUES (?, 'gone', 0)", old).Error)
+			require.NoError(t, rig.r.PruneFence(ctx))
+			var ids []string
+			require.NoError(t, rig.admin.Table(rig.table+"_writes").Order("id").Pluck("id", &ids).Error)
+			require.Equal(t, []string{"fresh"}, ids)
+		})
+	}
+}
