@@ -1,10 +1,15 @@
 package workload
 
 import (
+	"context"
+	"os"
+	"path/filepath"
 	"regexp"
+	"strings"
 	"testing"
 
 	"github.com/stretchr/testify/require"
+	datafs "schneider.vip/retryspool/storage/data/filesystem"
 )
 
 // The queue's message IDs spread over the shards of RetrySpool's
@@ -38,4 +43,27 @@ func TestParseHWM(t *testing.T) {
 	require.Zero(t, parseHWM([]byte("VmRSS:\t 1000 kB\n")))
 	require.Zero(t, parseHWM([]byte("VmHWM:\t 12 MB\n")))
 	require.Zero(t, parseHWM(nil))
+}
+
+// A shard's directory of the data storage stays when its last data file
+// is deleted: removing it raced with a store into the same shard, which
+// then failed with "no such file or directory".
+func TestKeepShardsKeepsTheDirectoryOfTheLastFile(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	data := filepath.Join(t.TempDir(), "data")
+	require.NoError(t, keepShards(data))
+	be, err := datafs.NewFactory(data).Create()
+	require.NoError(t, err)
+	defer be.Close()
+	id := queueIDs(1)[0]
+	_, err = be.StoreData(ctx, id, strings.NewReader("body"))
+	require.NoError(t, err)
+	require.NoError(t, be.DeleteData(ctx, id))
+	fi, err := os.Stat(filepath.Join(data, id[:2]))
+	require.NoError(t, err)
+	require.True(t, fi.IsDir())
+	entries, err := os.ReadDir(data)
+	require.NoError(t, err)
+	require.Len(t, entries, 256)
 }
