@@ -288,6 +288,30 @@ func BenchmarkGetMeta(b *testing.B) {
 	})
 }
 
+// BenchmarkGetMetaParallel reads records from 8 goroutines at once, as
+// RetrySpool's workers do, each reading every message it handles twice.
+func BenchmarkGetMetaParallel(b *testing.B) {
+	const m = 1000
+	ctx := context.Background()
+	libAndFloor(b, "NORMAL", func(b *testing.B, be benchBackend) {
+		populate(b, be, m, metastorage.StateIncoming)
+		var callers atomic.Int64
+		runParallel(b, 8, func(int) {}, func(pb *testing.PB) {
+			for i := int(callers.Add(1)) * 127; pb.Next(); i++ {
+				md, err := be.GetMeta(ctx, benchID(i%m))
+				if err == nil && len(md.Headers) != 4 {
+					err = fmt.Errorf("headers: %v", md.Headers)
+				}
+				if err != nil {
+					b.Error(err)
+					return
+				}
+			}
+		})
+		reportOps(b, "ops/s")
+	})
+}
+
 // nextFunc is an iterator's Next.
 type nextFunc func(ctx context.Context) (metastorage.MessageMetadata, bool, error)
 

@@ -160,7 +160,7 @@ func openFile(ctx context.Context, c config, rc repository.Config) (*Repository,
 	}
 	readPool, _ := reader.DB()
 	readPool.SetMaxOpenConns(c.maxConns)
-	readPool.SetMaxIdleConns(c.maxIdle)
+	readPool.SetMaxIdleConns(c.idleConns())
 
 	file := &wiring.File{
 		Writer:         writePool,
@@ -193,7 +193,7 @@ func openReadOnly(ctx context.Context, c config, rc repository.Config) (*Reposit
 	}
 	pool, _ := db.DB()
 	pool.SetMaxOpenConns(c.maxConns)
-	pool.SetMaxIdleConns(c.maxIdle)
+	pool.SetMaxIdleConns(c.idleConns())
 	if err := inspect(ctx, db, path, c); err != nil {
 		pool.Close()
 		return nil, err

@@ -24,7 +24,9 @@ const (
 	DefaultJournalMode    = "WAL"
 	DefaultSynchronous    = "NORMAL"
 	DefaultMaxConnections = 10
-	DefaultMaxIdleConns   = 2
+	// DefaultMaxIdleConns is the idle read connections kept without
+	// WithMaxIdleConns: as many as WithMaxConnections allows.
+	DefaultMaxIdleConns   = DefaultMaxConnections
 	DefaultForeignKeys    = true
 	DefaultAutoVacuum     = "INCREMENTAL"
 	DefaultTableName      = model.DefaultTableName
@@ -51,6 +53,7 @@ type config struct {
 	synchronous    string
 	maxConns       int
 	maxIdle        int
+	maxIdleSet     bool
 	foreignKeys    bool
 	autoVacuum     string
 	tableName      string
@@ -138,9 +141,21 @@ func WithMaxConnections(n int) Option {
 	return func(c *config) { c.maxConns = n; c.fileOption("WithMaxConnections") }
 }
 
-// WithMaxIdleConns sets how many idle read connections are kept. Default 2.
+// WithMaxIdleConns sets how many idle read connections are kept. Default:
+// as many as WithMaxConnections allows, so that the connections opened for
+// concurrent readers serve the next ones instead of being closed and
+// opened again (a new SQLite connection reads the schema and compiles its
+// statements anew).
 func WithMaxIdleConns(n int) Option {
-	return func(c *config) { c.maxIdle = n; c.fileOption("WithMaxIdleConns") }
+	return func(c *config) { c.maxIdle, c.maxIdleSet = n, true; c.fileOption("WithMaxIdleConns") }
+}
+
+// idleConns is how many idle read connections the pool keeps.
+func (c *config) idleConns() int {
+	if c.maxIdleSet {
+		return c.maxIdle
+	}
+	return c.maxConns
 }
 
 // WithForeignKeys turns SQLite's foreign key enforcement on or off on every

@@ -24,7 +24,11 @@ var cmdBench = &command{
 	help: `Runs enqueue, claim, defer, retry-due, archive and delete phases with
 --workers concurrent workers, on the library and on a raw database/sql
 baseline in the same run, and prints ops/s, p50 and p99 per phase. --queue
-also runs messages through the real RetrySpool queue.
+also runs --messages messages, all enqueued at once, through the real
+RetrySpool queue, on this store (queue-e2e) and on RetrySpool's filesystem
+metadata backend (queue-e2e-fs), and checks that each backend handled every
+message exactly once; --queue-only runs just that, for deep queues
+(--messages 100000).
 
 By default it uses a temporary SQLite file, removed afterwards. --path
 chooses the file: it must be new or empty, or a file an earlier bench made
@@ -38,8 +42,11 @@ p50 and p99 the median and 99th-percentile latency of one operation
 (retry-due: of one claim of 100 due messages; queue-e2e: from enqueue to
 the handler's completion); floor_ops_per_s the rate of the floor, a plain
 database/sql store with the same schema, indexes, count triggers and
-pragmas, one statement per transaction; ratio the library's rate divided
-by the floor's (above 1x the library is faster).`,
+pragmas, one statement per transaction (for queue-e2e: queue-e2e-fs); ratio
+the library's rate divided by the floor's (above 1x the library is faster).
+Under it, per queue run: messages enqueued, handled (distinct), handled
+twice, left in the metadata store, and the process's peak resident memory
+during the run (Linux).`,
 }
 
 func init() { cmdBench.run = runBench }
@@ -52,6 +59,19 @@ type benchResultJSON struct {
 	P99ns          int64   `json:"p99_ns"`
 	FloorOpsPerSec float64 `json:"floor_ops_per_sec,omitempty"`
 	Ratio          float64 `json:"ratio,omitempty"`
+	// Baseline names what the floor fields measured when it is another
+	// result: "queue-e2e-fs" for queue-e2e.
+	Baseline string          `json:"baseline,omitempty"`
+	Queue    *benchQueueJSON `json:"queue,omitempty"`
+}
+
+// benchQueueJSON is what a queue run counted.
+type benchQueueJSON struct {
+	Enqueued     int   `json:"enqueued"`
+	Handled      int   `json:"handled"`
+	HandledTwice int   `json:"handled_twice"`
+	Left         int64 `json:"left"`
+	PeakRSS      int64 `json:"peak_rss_bytes,omitempty"`
 }
 
 type benchJSON struct {
@@ -74,7 +94,8 @@ func runBench(ctx context.Context, a *app, args []string) error {
 	messages := fs.Int("messages", workload.DefaultMessages, "`n` messages per phase")
 	workers := fs.Int("workers", workload.DefaultWorkers, "`n` concurrent workers")
 	sync := fs.String("synchronous", workload.DefaultSynchronous, "SQLite synchronous `mode`: OFF, NORMAL, FULL or EXTRA")
-	queue := fs.Bool("queue", false, "also run the messages through the real RetrySpool queue")
+	queue := fs.Bool("queue", false, "also run the messages through the real RetrySpool queue, on this store and on its filesystem backend")
+	queueOnly := fs.Bool("queue-only", false, "run only the queue, not the phases")
 	asJSON := fs.Bool("json", false, "print JSON")
 	pos, err := a.parse(c, fs, args)
 	if err != nil {
@@ -86,7 +107,7 @@ func runBench(ctx context.Context, a *app, args []string) error {
 	if *messages < 1 || *workers < 1 {
 		return usagef(c.name, "--messages and --workers must be positive")
 	}
-	cfg := workload.Config{Path: *path, Messages: *messages, Workers: *workers, Synchronous: *sync, Queue: *queue}
+	cfg := workload.Config{Path: *path, Messages: *messages, Workers: *workers, Synchronous: *sync, Queue: *queue, QueueOnly: *queueOnly}
 	eng := strings.ToLower(*engine)
 	if eng == "mariadb" {
 		eng = engineMySQL
@@ -144,8 +165,14 @@ func runBench(ctx context.Context, a *app, args []string) error {
 			out.Synchronous = rep.Config.Synchronous
 		}
 		for _, r := range rep.Results {
-			out.Results = append(out.Results, benchResultJSON{Op: r.Op, Ops: r.Ops, OpsPerSec: r.OpsPerSec,
-				P50ns: r.P50.Nanoseconds(), P99ns: r.P99.Nanoseconds(), FloorOpsPerSec: r.FloorOpsPerSec, Ratio: r.Ratio})
+			res := benchResultJSON{Op: r.Op, Ops: r.Ops, OpsPerSec: r.OpsPerSec,
+				P50ns: r.P50.Nanoseconds(), P99ns: r.P99.Nanoseconds(), FloorOpsPerSec: r.FloorOpsPerSec, Ratio: r.Ratio,
+				Baseline: r.Baseline}
+			if q := r.Queue; q != nil {
+				res.Queue = &benchQueueJSON{Enqueued: q.Enqueued, Handled: q.Handled, HandledTwice: q.Twice,
+					Left: q.Left, PeakRSS: q.PeakRSS}
+			}
+			out.Results = append(out.Results, res)
 		}
 		return writeJSON(a.stdout, out)
 	}
@@ -158,6 +185,9 @@ func runBench(ctx context.Context, a *app, args []string) error {
 		return err
 	}
 	fmt.Fprint(a.stdout, benchLegend)
+	if rep.Config.Queue {
+		fmt.Fprint(a.stdout, benchQueueLegend)
+	}
 	keys := make([]string, 0, len(rep.Settings))
 	for k := range rep.Settings {
 		keys = append(keys, k)
@@ -180,8 +210,18 @@ ops_per_s        operations per second of the library
 p50, p99         median and 99th-percentile latency of one operation
                  (retry-due: one claim of 100 due messages; queue-e2e: enqueue to handler end)
 floor_ops_per_s  the same phase on the floor: plain database/sql, same schema, indexes,
-                 triggers and pragmas, one statement per transaction, no group commit
+                 triggers and pragmas, one statement per transaction, no group commit;
+                 for queue-e2e: queue-e2e-fs, the same queue on RetrySpool's filesystem
+                 metadata backend
 ratio            ops_per_s / floor_ops_per_s: above 1x the library is faster
+`
+
+// benchQueueLegend explains the table of the queue runs.
+const benchQueueLegend = `enqueued         messages the queue accepted
+handled, twice   distinct messages the handler completed, and completions of a message
+                 already handled: exactly once is handled = enqueued, twice = 0
+left             messages the metadata backend still held afterwards, in any state
+peak_rss         the process's peak resident memory during that run
 `
 
 // pragmaNames names the numeric values SQLite reports for its settings.

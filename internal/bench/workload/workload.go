@@ -22,8 +22,11 @@
 // After every phase the per-state counts are checked against what the phase
 // must have done, so a report is only produced for a consistent run. With
 // Config.Queue, Messages more messages then go through the real RetrySpool
-// queue (filesystem data storage, a handler that succeeds): "queue-e2e"
-// reports end-to-end messages per second and enqueue-to-handled latency.
+// queue (filesystem data storage, a handler that succeeds), once on this
+// store and once on RetrySpool's filesystem metadata backend: "queue-e2e"
+// and "queue-e2e-fs" report end-to-end messages per second and
+// enqueue-to-handled latency, "queue-e2e" with the filesystem backend's
+// rate as its floor. Config.QueueOnly leaves out the phases.
 package workload
 
 import (
@@ -73,6 +76,7 @@ type Config struct {
 	Workers     int    // concurrent workers, default 8
 	Synchronous string // SQLite synchronous mode, default NORMAL
 	Queue       bool   // also run the workload through the real retryspool queue (v0.0.16)
+	QueueOnly   bool   // run only the queue, not the phases; implies Queue
 }
 
 // Result is one operation of the workload.
@@ -83,6 +87,10 @@ type Result struct {
 	P50, P99       time.Duration
 	FloorOpsPerSec float64 // same op on the raw floor in the same run (0 when not applicable)
 	Ratio          float64 // OpsPerSec / FloorOpsPerSec (0 when no floor)
+	// Baseline names what FloorOpsPerSec measured when it is another
+	// result rather than the floor: QueueFSOp for QueueOp.
+	Baseline string
+	Queue    *QueueCheck // the queue runs' counts; nil for the phases
 }
 
 // Report is the outcome of Run.
@@ -115,6 +123,9 @@ func (c *Config) normalize() error {
 	if c.Workers == 0 {
 		c.Workers = DefaultWorkers
 	}
+	if c.QueueOnly {
+		c.Queue = true
+	}
 	if c.Messages < 1 || c.Workers < 1 {
 		return fmt.Errorf("workload: Messages (%d) and Workers (%d) must be positive", c.Messages, c.Workers)
 	}
@@ -140,8 +151,11 @@ func Run(ctx context.Context, cfg Config, progress func(done, total int)) (*Repo
 	n := cfg.Messages
 	due := (n + 1) / 2
 	total := 2 * (n + 2*n + n + due + due + (n - due))
+	if cfg.QueueOnly {
+		total = 0
+	}
 	if cfg.Queue {
-		total += n
+		total += 2 * n
 	}
 	prog := newProgress(progress, total)
 	defer prog.stop()
@@ -153,15 +167,40 @@ func Run(ctx context.Context, cfg Config, progress func(done, total int)) (*Repo
 	defer e.close()
 
 	rep := &Report{Config: cfg, Settings: e.settings(ctx)}
+	if !cfg.QueueOnly {
+		res, err := runPhases(ctx, cfg, e, prog)
+		if err != nil {
+			return nil, err
+		}
+		rep.Results = append(rep.Results, res...)
+	}
+	if cfg.Queue {
+		res, err := runQueues(ctx, cfg, e, prog)
+		if err != nil {
+			return nil, err
+		}
+		rep.Results = append(rep.Results, res...)
+		for k, v := range queueSettings(cfg) {
+			rep.Settings[k] = v
+		}
+	}
+	prog.finish()
+	return rep, nil
+}
+
+// runPhases runs every phase on the library and on the floor, checking the
+// counts after each.
+func runPhases(ctx context.Context, cfg Config, e *env, prog *progress) ([]Result, error) {
 	sides := []*side{
-		{name: "lib", store: e.lib, n: n},
-		{name: "floor", store: e.flo, n: n},
+		{name: "lib", store: e.lib, n: cfg.Messages},
+		{name: "floor", store: e.flo, n: cfg.Messages},
 	}
 	for _, s := range sides {
 		if err := s.prepare(ctx); err != nil {
 			return nil, err
 		}
 	}
+	var results []Result
 	for _, ph := range phases {
 		var res [2]phaseResult
 		for i, s := range sides {
@@ -174,20 +213,9 @@ func Run(ctx context.Context, cfg Config, progress func(done, total int)) (*Repo
 			}
 			res[i] = r
 		}
-		rep.Results = append(rep.Results, result(ph.op, res[0], &res[1]))
+		results = append(results, result(ph.op, res[0], &res[1]))
 	}
-	if cfg.Queue {
-		r, err := runQueue(ctx, cfg, e, prog)
-		if err != nil {
-			return nil, fmt.Errorf("workload: queue-e2e: %w", err)
-		}
-		rep.Results = append(rep.Results, result("queue-e2e", r, nil))
-		for k, v := range queueSettings(cfg) {
-			rep.Settings[k] = v
-		}
-	}
-	prog.finish()
-	return rep, nil
+	return results, nil
 }
 
 // phaseResult is what one side measured in one phase.
@@ -195,6 +223,7 @@ type phaseResult struct {
 	ops     int
 	elapsed time.Duration
 	lat     []time.Duration
+	queue   *QueueCheck // queue runs only
 }
 
 func (r phaseResult) rate() float64 {
@@ -712,6 +741,32 @@ func (r *Report) WriteTable(w io.Writer) error {
 		}
 		fmt.Fprintf(tw, "%s\t%d\t%.0f\t%s\t%s\t%s\t%s\n", res.Op, res.Ops, res.OpsPerSec,
 			roundLatency(res.P50), roundLatency(res.P99), floorRate, ratio)
+	}
+	if err := tw.Flush(); err != nil {
+		return err
+	}
+	return r.writeQueueTable(w)
+}
+
+// writeQueueTable writes, under the results of the queue runs, what each
+// counted: queue, enqueued, handled, twice, left, peak_rss.
+func (r *Report) writeQueueTable(w io.Writer) error {
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	header := false
+	for _, res := range r.Results {
+		q := res.Queue
+		if q == nil {
+			continue
+		}
+		if !header {
+			fmt.Fprintln(tw, "\nqueue\tenqueued\thandled\ttwice\tleft\tpeak_rss")
+			header = true
+		}
+		rss := "-"
+		if q.PeakRSS > 0 {
+			rss = strconv.FormatFloat(float64(q.PeakRSS)/1e6, 'f', 1, 64) + " MB"
+		}
+		fmt.Fprintf(tw, "%s\t%d\t%d\t%d\t%d\t%s\n", res.Op, q.Enqueued, q.Handled, q.Twice, q.Left, rss)
 	}
 	return tw.Flush()
 }

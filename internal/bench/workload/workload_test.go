@@ -5,6 +5,8 @@ import (
 	"context"
 	"os"
 	"path/filepath"
+	"runtime"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -51,7 +53,10 @@ func checkReport(t *testing.T, rep *workload.Report, n int, queue bool) {
 		want = append(want, struct {
 			op  string
 			ops int
-		}{"queue-e2e", n})
+		}{"queue-e2e", n}, struct {
+			op  string
+			ops int
+		}{"queue-e2e-fs", n})
 	}
 	require.Len(t, rep.Results, len(want))
 	for i, w := range want {
@@ -61,10 +66,21 @@ func checkReport(t *testing.T, rep *workload.Report, n int, queue bool) {
 		require.Positive(t, r.OpsPerSec, r.Op)
 		require.Positive(t, r.P50, r.Op)
 		require.LessOrEqual(t, r.P50, r.P99, r.Op)
-		if r.Op == "queue-e2e" {
-			require.Zero(t, r.FloorOpsPerSec)
-			require.Zero(t, r.Ratio)
-			continue
+		switch r.Op {
+		case "queue-e2e", "queue-e2e-fs":
+			checkQueue(t, r, n)
+			if r.Op == "queue-e2e-fs" {
+				require.Zero(t, r.FloorOpsPerSec)
+				require.Zero(t, r.Ratio)
+				require.Empty(t, r.Baseline)
+				continue
+			}
+			// The filesystem backend is queue-e2e's floor.
+			require.Equal(t, "queue-e2e-fs", r.Baseline)
+			require.Equal(t, rep.Results[i+1].OpsPerSec, r.FloorOpsPerSec)
+		default:
+			require.Nil(t, r.Queue, r.Op)
+			require.Empty(t, r.Baseline, r.Op)
 		}
 		require.Positive(t, r.FloorOpsPerSec, r.Op)
 		require.InDelta(t, r.OpsPerSec/r.FloorOpsPerSec, r.Ratio, 1e-9, r.Op)
@@ -72,11 +88,35 @@ func checkReport(t *testing.T, rep *workload.Report, n int, queue bool) {
 
 	var buf bytes.Buffer
 	require.NoError(t, rep.WriteTable(&buf))
-	lines := strings.Split(strings.TrimSpace(buf.String()), "\n")
+	tables := strings.Split(strings.TrimSpace(buf.String()), "\n\n")
+	lines := strings.Split(tables[0], "\n")
 	require.Len(t, lines, 1+len(want))
 	require.True(t, strings.HasPrefix(lines[0], "op "))
 	for i, w := range want {
 		require.True(t, strings.HasPrefix(lines[i+1], w.op+" "), lines[i+1])
+	}
+	if !queue {
+		require.Len(t, tables, 1)
+		return
+	}
+	require.Len(t, tables, 2)
+	lines = strings.Split(tables[1], "\n")
+	require.Equal(t, []string{"queue", "enqueued", "handled", "twice", "left", "peak_rss"}, strings.Fields(lines[0]))
+	require.Len(t, lines, 3)
+	for i, op := range []string{"queue-e2e", "queue-e2e-fs"} {
+		f := strings.Fields(lines[i+1])
+		require.Equal(t, []string{op, strconv.Itoa(n), strconv.Itoa(n), "0", "0"}, f[:5], lines[i+1])
+	}
+}
+
+// checkQueue checks that a queue run handled every message exactly once
+// and left none in its metadata store.
+func checkQueue(t *testing.T, r workload.Result, n int) {
+	t.Helper()
+	require.NotNil(t, r.Queue, r.Op)
+	require.Equal(t, workload.QueueCheck{Enqueued: n, Handled: n, PeakRSS: r.Queue.PeakRSS}, *r.Queue, r.Op)
+	if runtime.GOOS == "linux" {
+		require.Greater(t, r.Queue.PeakRSS, int64(1<<20), r.Op)
 	}
 }
 
