@@ -114,18 +114,9 @@ func runConnectionLoss(t *testing.T, e testdb.Engine, dsn string, kill func(cont
 	pool.SetMaxOpenConns(24)
 	t.Cleanup(func() { pool.Close() })
 	table := e.Table(t, admin)
-	reader := sdkmetric.NewManualReader()
-	mp := sdkmetric.NewMeterProvider(sdkmetric.WithReader(reader))
-	t.Cleanup(func() { _ = mp.Shutdown(ctx) })
-	r, err := repository.New(ctx, db, repository.Config{TableName: table, MeterProvider: mp})
-	require.NoError(t, err)
-	t.Cleanup(func() { r.Close() })
-
-	seconds := 15
-	if s, err := strconv.Atoi(os.Getenv("CONNLOSS_SECONDS")); err == nil && s > 0 {
-		seconds = s
-	}
+	r, reader := openLossRepo(t, db, table)
 	w := newLossWorkload(t, r)
+	seconds := envSeconds("CONNLOSS_SECONDS", 15)
 	w.seed(3000)
 	faults := func(stop <-chan struct{}) int64 {
 		var killed int64
@@ -145,6 +136,29 @@ func runConnectionLoss(t *testing.T, e testdb.Engine, dsn string, kill func(cont
 	killed := w.run(time.Duration(seconds)*time.Second, faults)
 	require.Positive(t, killed, "the killer killed connections")
 	w.verify(t, admin, table, fmt.Sprintf("%s: %d connections killed", e.Name, killed), settledCounts(t, reader))
+}
+
+// openLossRepo opens the repository of a fault suite on db, with a meter
+// provider whose reader gives the settle counter.
+func openLossRepo(t *testing.T, db *gorm.DB, table string) (*repository.Repository, *sdkmetric.ManualReader) {
+	t.Helper()
+	ctx := context.Background()
+	reader := sdkmetric.NewManualReader()
+	mp := sdkmetric.NewMeterProvider(sdkmetric.WithReader(reader))
+	t.Cleanup(func() { _ = mp.Shutdown(ctx) })
+	r, err := repository.New(ctx, db, repository.Config{TableName: table, MeterProvider: mp})
+	require.NoError(t, err)
+	t.Cleanup(func() { r.Close() })
+	return r, reader
+}
+
+// envSeconds reads a duration in seconds from the environment variable
+// name, or gives def.
+func envSeconds(name string, def int) int {
+	if s, err := strconv.Atoi(os.Getenv(name)); err == nil && s > 0 {
+		return s
+	}
+	return def
 }
 
 // settledCounts reads the store's settle counter by verdict.

@@ -8,18 +8,15 @@ import (
 	"math/rand/v2"
 	"os"
 	"os/exec"
-	"strconv"
 	"strings"
 	"testing"
 	"time"
 
 	gomysql "github.com/go-sql-driver/mysql"
 	"github.com/stretchr/testify/require"
-	sdkmetric "go.opentelemetry.io/otel/sdk/metric"
 	"gorm.io/gorm"
 
 	"schneider.vip/retryspool/storage/meta/sqlite/internal/testkit/testdb"
-	"schneider.vip/retryspool/storage/meta/sqlite/repository"
 )
 
 // The servers restart under the connection-loss workload: PostgreSQL
@@ -132,21 +129,11 @@ func waitUp(db *gorm.DB) error {
 }
 
 func runRestarts(t *testing.T, e testdb.Engine, srv server) {
-	ctx := context.Background()
 	admin := e.Open(t)
 	db := e.Open(t)
 	table := e.Table(t, admin)
-	reader := sdkmetric.NewManualReader()
-	mp := sdkmetric.NewMeterProvider(sdkmetric.WithReader(reader))
-	t.Cleanup(func() { _ = mp.Shutdown(ctx) })
-	r, err := repository.New(ctx, db, repository.Config{TableName: table, MeterProvider: mp})
-	require.NoError(t, err)
-	t.Cleanup(func() { r.Close() })
-
-	seconds := 30
-	if s, err := strconv.Atoi(os.Getenv("RESTART_SECONDS")); err == nil && s > 0 {
-		seconds = s
-	}
+	r, reader := openLossRepo(t, db, table)
+	seconds := envSeconds("RESTART_SECONDS", 30)
 	w := newLossWorkload(t, r)
 	w.callTimeout = 10 * time.Second
 	w.seed(3000)
