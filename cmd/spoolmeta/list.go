@@ -46,14 +46,7 @@ func runList(ctx context.Context, a *app, args []string) error {
 	limit := fs.Int("limit", 100, "at most `n` messages")
 	offset := fs.Int("offset", 0, "skip the first `n` messages")
 	since := fs.String("since", "", "only messages created at or after `time` (RFC 3339, or an age like 24h or 7d)")
-	pos, err := a.parse(c, fs, args)
-	if err != nil {
-		return err
-	}
-	if err := wantArgs(c, pos, 1); err != nil {
-		return err
-	}
-	state, err := parseState(c.name, pos[0])
+	state, err := a.parseState(c, fs, args)
 	if err != nil {
 		return err
 	}

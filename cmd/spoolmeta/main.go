@@ -307,6 +307,19 @@ func (a *app) parse(c *command, fs *flag.FlagSet, args []string) ([]string, erro
 	}
 }
 
+// parseState parses the flags and the one argument of a command that
+// names a state.
+func (a *app) parseState(c *command, fs *flag.FlagSet, args []string) (metastorage.QueueState, error) {
+	pos, err := a.parse(c, fs, args)
+	if err != nil {
+		return 0, err
+	}
+	if err := wantArgs(c, pos, 1); err != nil {
+		return 0, err
+	}
+	return parseState(c.name, pos[0])
+}
+
 // wantArgs checks the number of positional arguments.
 func wantArgs(c *command, pos []string, n int) error {
 	if len(pos) != n {

@@ -141,14 +141,7 @@ func runPurge(ctx context.Context, a *app, args []string) error {
 	archive := fs.Bool("archive", false, "move the messages to archived instead of deleting them")
 	batch := fs.Int("batch", sqlitemeta.DefaultOpBatchSize, "`n` messages per transaction")
 	data := fs.String("data", "", "also delete the bodies from RetrySpool's data store: fs:`DIR` (filesystem store); without it the bodies stay")
-	pos, err := a.parse(c, fs, args)
-	if err != nil {
-		return err
-	}
-	if err := wantArgs(c, pos, 1); err != nil {
-		return err
-	}
-	state, err := parseState(c.name, pos[0])
+	state, err := a.parseState(c, fs, args)
 	if err != nil {
 		return err
 	}
