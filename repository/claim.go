@@ -48,7 +48,7 @@ func (r *Repository) StoreMetaBatch(ctx context.Context, records []metastorage.M
 	}
 	_, err = r.settled(ctx, "StoreMetaBatch", func() []string { return ids }, func(stamp int64) error {
 		for _, rw := range rows {
-			rw.args[len(rw.args)-1] = stamp
+			rw.setStamp(stamp)
 		}
 		return r.ex.write(ctx, func(c conn) error {
 			if len(r.hooks) > 0 {

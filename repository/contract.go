@@ -21,7 +21,7 @@ func (r *Repository) StoreMeta(ctx context.Context, messageID string, metadata m
 	}
 	defer func() { err = c.end(err) }()
 	_, err = r.settled(ctx, "StoreMeta", one(messageID), func(stamp int64) error {
-		rw.args[len(rw.args)-1] = stamp
+		rw.setStamp(stamp)
 		if len(r.hooks) == 0 {
 			_, err := r.ex.exec(ctx, r.s.upsert, rw.args...)
 			return err
@@ -66,10 +66,10 @@ func (r *Repository) UpdateMeta(ctx context.Context, messageID string, metadata 
 		return err
 	}
 	defer func() { err = c.end(err) }()
-	args := append(rw.args[1:len(rw.args):len(rw.args)], messageID)
 	var n int64
 	v, err := r.settled(ctx, "UpdateMeta", one(messageID), func(stamp int64) (err error) {
-		args[len(args)-2] = stamp
+		rw.setStamp(stamp)
+		args := append(rw.args[1:len(rw.args):len(rw.args)], messageID)
 		if len(r.hooks) == 0 {
 			n, err = r.ex.exec(ctx, r.s.update, args...)
 			return err

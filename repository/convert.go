@@ -96,6 +96,10 @@ type row struct {
 	args []any
 }
 
+// setStamp sets the stamp of the write that is about to store the row: the
+// last of its column values, as stamp is the model's last column.
+func (rw row) setStamp(stamp int64) { rw.args[len(rw.args)-1] = stamp }
+
 // toRow validates metadata and converts it to a storage row. Times are
 // normalised to UTC nanoseconds.
 func toRow(id string, md metastorage.MessageMetadata) (row, error) {

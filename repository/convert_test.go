@@ -3,11 +3,13 @@ package repository
 import (
 	"context"
 	"reflect"
+	"slices"
 	"sync"
 	"testing"
 
 	"github.com/stretchr/testify/require"
 	"gorm.io/gorm/schema"
+	metastorage "schneider.vip/retryspool/storage/meta"
 
 	"schneider.vip/retryspool/storage/meta/sqlite/model"
 )
@@ -25,7 +27,7 @@ func TestColumnsFollowTheModel(t *testing.T) {
 	// A message whose every field holds a value of its own.
 	m := model.Message{
 		ID: "id", State: 1, Attempts: 2, MaxAttempts: 3, NextRetry: 4, Created: 5, Updated: 6,
-		LastError: "err", Size: 7, Priority: 8, Headers: model.Headers{"k": "v"}, RetryPolicyName: "policy",
+		LastError: "err", Size: 7, Priority: 8, Headers: model.Headers{"k": "v"}, RetryPolicyName: "policy", Stamp: 9,
 	}
 	rv := reflect.ValueOf(&m).Elem()
 	headers, err := m.Headers.Value()
@@ -46,4 +48,13 @@ func TestColumnsFollowTheModel(t *testing.T) {
 		}
 		require.Equal(t, want, args[i], "rowArgs[%d] is the value of %s", i, f.Name)
 	}
+}
+
+// setStamp sets the value of the stamp column, whatever its place.
+func TestSetStampSetsTheStampColumn(t *testing.T) {
+	t.Parallel()
+	rw, err := toRow("id", metastorage.MessageMetadata{State: metastorage.StateIncoming})
+	require.NoError(t, err)
+	rw.setStamp(42)
+	require.Equal(t, int64(42), rw.args[slices.Index(columns, "stamp")])
 }

@@ -85,6 +85,14 @@ const (
 	landed
 )
 
+// String is the verdict as the settle counter's outcome attribute names it.
+func (v verdict) String() string {
+	if v == landed {
+		return "landed"
+	}
+	return "not_landed"
+}
+
 // ambiguous reports whether err, the result of a write, leaves its outcome
 // unknown: the connection died, or the call's context ended, while the
 // write may have been on its way.
@@ -109,7 +117,7 @@ func (r *Repository) settle(ctx context.Context, op string, stamp int64, ids []s
 	for {
 		v, err := r.fence(ctx, stamp, ids)
 		if err == nil {
-			r.tel.Settled(ctx, op, map[verdict]string{landed: "landed", notLanded: "not_landed"}[v], cause)
+			r.tel.Settled(ctx, op, v.String(), cause)
 			return v, nil
 		}
 		if ctx.Err() != nil || !(r.d.connLost(err) || r.d.retryable(err)) {
@@ -204,7 +212,7 @@ func one(id string) func() []string { return func() []string { return []string{i
 // maybePrune removes the fence's expired pairs, at most once per
 // pruneEvery, in the background of a call that just wrote.
 func (r *Repository) maybePrune() {
-	if !r.ex.settles() || r.prune == nil {
+	if !r.ex.settles() {
 		return
 	}
 	now := time.Now().UnixNano()
