@@ -9,13 +9,10 @@ import (
 	"time"
 
 	"github.com/stretchr/testify/require"
-	"go.opentelemetry.io/otel/attribute"
 	sdkmetric "go.opentelemetry.io/otel/sdk/metric"
-	"go.opentelemetry.io/otel/sdk/metric/metricdata"
 	"gorm.io/gorm"
 	metastorage "schneider.vip/retryspool/storage/meta"
 
-	"schneider.vip/retryspool/storage/meta/sqlite/internal/telemetry"
 	"schneider.vip/retryspool/storage/meta/sqlite/internal/testkit/faultdb"
 	"schneider.vip/retryspool/storage/meta/sqlite/internal/testkit/testdb"
 	"schneider.vip/retryspool/storage/meta/sqlite/repository"
@@ -51,24 +48,7 @@ func newSettleRig(t *testing.T, e testdb.Engine) *settleRig {
 }
 
 // settled returns how many writes the store settled, by verdict.
-func (rig *settleRig) settled(t *testing.T) map[string]int64 {
-	t.Helper()
-	var rm metricdata.ResourceMetrics
-	require.NoError(t, rig.reader.Collect(context.Background(), &rm))
-	out := map[string]int64{}
-	for _, sm := range rm.ScopeMetrics {
-		for _, m := range sm.Metrics {
-			if m.Name != telemetry.MetricSettled {
-				continue
-			}
-			for _, dp := range m.Data.(metricdata.Sum[int64]).DataPoints {
-				v, _ := dp.Attributes.Value(attribute.Key(telemetry.AttrOutcome))
-				out[v.AsString()] += dp.Value
-			}
-		}
-	}
-	return out
-}
+func (rig *settleRig) settled(t *testing.T) map[string]int64 { return faultdb.Settled(t, rig.reader) }
 
 func (rig *settleRig) state(t *testing.T, id string) (metastorage.QueueState, bool) {
 	t.Helper()
@@ -179,39 +159,33 @@ var settleCases = []settleCase{{
 	return r.ClaimMessages(context.Background(), metastorage.StateIncoming, metastorage.StateActive, 3)
 }), claimCase("ClaimDue", metastorage.StateDeferred, func(r *repository.Repository) ([]metastorage.MessageMetadata, error) {
 	return r.ClaimDue(context.Background(), time.Now(), 3)
-}), {
-	name:  "RequeueStale",
-	seed:  seedN(5, metastorage.StateActive),
-	match: func(*settleRig) string { return faultdb.Commit },
-	run: func(t *testing.T, rig *settleRig) error {
-		n, err := rig.r.RequeueStale(context.Background(), time.Now().Add(-time.Second), 0)
-		if err == nil {
-			require.EqualValues(t, 5, n, "moved, counted once")
-		}
-		return err
-	},
-	check: func(t *testing.T, rig *settleRig) {
-		n, err := rig.r.StateCount(context.Background(), metastorage.StateIncoming)
-		require.NoError(t, err)
-		require.EqualValues(t, 5, n)
-	},
-}, {
-	name:  "Purge",
-	seed:  seedN(5, metastorage.StateArchived),
-	match: func(*settleRig) string { return faultdb.Commit },
-	run: func(t *testing.T, rig *settleRig) error {
-		n, err := rig.r.Purge(context.Background(), metastorage.StateArchived, time.Now().Add(-time.Second), repository.PurgeOptions{})
-		if err == nil {
-			require.EqualValues(t, 5, n, "deleted, counted once")
-		}
-		return err
-	},
-	check: func(t *testing.T, rig *settleRig) {
-		n, err := rig.r.StateCount(context.Background(), metastorage.StateArchived)
-		require.NoError(t, err)
-		require.Zero(t, n)
-	},
-}}
+}), queueOpCase("RequeueStale", metastorage.StateActive, metastorage.StateIncoming, 5, func(r *repository.Repository) (int64, error) {
+	return r.RequeueStale(context.Background(), time.Now().Add(-time.Second), 0)
+}), queueOpCase("Purge", metastorage.StateArchived, metastorage.StateArchived, 0, func(r *repository.Repository) (int64, error) {
+	return r.Purge(context.Background(), metastorage.StateArchived, time.Now().Add(-time.Second), repository.PurgeOptions{})
+})}
+
+// queueOpCase runs a queue operation over 5 messages of state from: it
+// counts each message once, and leaves want messages in state after.
+func queueOpCase(name string, from, after metastorage.QueueState, want int64, op func(*repository.Repository) (int64, error)) settleCase {
+	return settleCase{
+		name:  name,
+		seed:  seedN(5, from),
+		match: func(*settleRig) string { return faultdb.Commit },
+		run: func(t *testing.T, rig *settleRig) error {
+			n, err := op(rig.r)
+			if err == nil {
+				require.EqualValues(t, 5, n, "each message counted once")
+			}
+			return err
+		},
+		check: func(t *testing.T, rig *settleRig) {
+			n, err := rig.r.StateCount(context.Background(), after)
+			require.NoError(t, err)
+			require.Equal(t, want, n)
+		},
+	}
+}
 
 func seedN(n int, state metastorage.QueueState) []metastorage.MessageMetadata {
 	out := make([]metastorage.MessageMetadata, n)

@@ -14,13 +14,12 @@ import (
 	gomysql "github.com/go-sql-driver/mysql"
 	"github.com/stretchr/testify/require"
 	sdkmetric "go.opentelemetry.io/otel/sdk/metric"
-	"go.opentelemetry.io/otel/sdk/metric/metricdata"
 	"gorm.io/driver/mysql"
 	"gorm.io/driver/postgres"
 	"gorm.io/gorm"
 	"gorm.io/gorm/logger"
 
-	"schneider.vip/retryspool/storage/meta/sqlite/internal/telemetry"
+	"schneider.vip/retryspool/storage/meta/sqlite/internal/testkit/faultdb"
 	"schneider.vip/retryspool/storage/meta/sqlite/internal/testkit/testdb"
 	"schneider.vip/retryspool/storage/meta/sqlite/repository"
 )
@@ -135,7 +134,7 @@ func runConnectionLoss(t *testing.T, e testdb.Engine, dsn string, kill func(cont
 	}
 	killed := w.run(time.Duration(seconds)*time.Second, faults)
 	require.Positive(t, killed, "the killer killed connections")
-	w.verify(t, admin, table, fmt.Sprintf("%s: %d connections killed", e.Name, killed), settledCounts(t, reader))
+	w.verify(t, admin, table, fmt.Sprintf("%s: %d connections killed", e.Name, killed), faultdb.Settled(t, reader))
 }
 
 // openLossRepo opens the repository of a fault suite on db, with a meter
@@ -159,24 +158,4 @@ func envSeconds(name string, def int) int {
 		return s
 	}
 	return def
-}
-
-// settledCounts reads the store's settle counter by verdict.
-func settledCounts(t *testing.T, reader *sdkmetric.ManualReader) map[string]int64 {
-	t.Helper()
-	var rm metricdata.ResourceMetrics
-	require.NoError(t, reader.Collect(context.Background(), &rm))
-	out := map[string]int64{}
-	for _, sm := range rm.ScopeMetrics {
-		for _, m := range sm.Metrics {
-			if m.Name != telemetry.MetricSettled {
-				continue
-			}
-			for _, dp := range m.Data.(metricdata.Sum[int64]).DataPoints {
-				v, _ := dp.Attributes.Value(telemetry.AttrOutcome)
-				out[v.AsString()] += dp.Value
-			}
-		}
-	}
-	return out
 }

@@ -16,6 +16,7 @@ import (
 	"github.com/stretchr/testify/require"
 	"gorm.io/gorm"
 
+	"schneider.vip/retryspool/storage/meta/sqlite/internal/testkit/faultdb"
 	"schneider.vip/retryspool/storage/meta/sqlite/internal/testkit/testdb"
 )
 
@@ -174,5 +175,5 @@ func runRestarts(t *testing.T, e testdb.Engine, srv server) {
 	require.Positive(t, after, "stores and claims acknowledged after the last restart")
 	require.Zero(t, w.overdue.Load(), "calls that outlived their context by more than five seconds")
 	w.verify(t, admin, table, fmt.Sprintf("%s: %d restarts (%d stores and claims acknowledged after the last)", e.Name, n, after),
-		settledCounts(t, reader))
+		faultdb.Settled(t, reader))
 }

@@ -20,10 +20,14 @@ import (
 
 	gomysql "github.com/go-sql-driver/mysql"
 	"github.com/jackc/pgx/v5/stdlib"
+	sdkmetric "go.opentelemetry.io/otel/sdk/metric"
+	"go.opentelemetry.io/otel/sdk/metric/metricdata"
 	"gorm.io/driver/mysql"
 	"gorm.io/driver/postgres"
 	"gorm.io/gorm"
 	"gorm.io/gorm/logger"
+
+	"schneider.vip/retryspool/storage/meta/sqlite/internal/telemetry"
 )
 
 // When is the moment a fault strikes.
@@ -351,4 +355,28 @@ func (t *faultTx) Rollback() error {
 		return nil
 	}
 	return t.Tx.Rollback()
+}
+
+// Settled reads, from the reader of a store's meter provider, how many
+// writes the store settled after their connection died, by verdict
+// ("landed", "not_landed", "unknown").
+func Settled(tb testing.TB, reader *sdkmetric.ManualReader) map[string]int64 {
+	tb.Helper()
+	var rm metricdata.ResourceMetrics
+	if err := reader.Collect(context.Background(), &rm); err != nil {
+		tb.Fatalf("faultdb: collect the metrics: %v", err)
+	}
+	out := map[string]int64{}
+	for _, sm := range rm.ScopeMetrics {
+		for _, m := range sm.Metrics {
+			if m.Name != telemetry.MetricSettled {
+				continue
+			}
+			for _, dp := range m.Data.(metricdata.Sum[int64]).DataPoints {
+				v, _ := dp.Attributes.Value(telemetry.AttrOutcome)
+				out[v.AsString()] += dp.Value
+			}
+		}
+	}
+	return out
 }
