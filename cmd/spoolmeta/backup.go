@@ -38,14 +38,11 @@ raw-SQL RetrySpool SQLite backend is upgraded in place when opened.`,
 func runBackup(ctx context.Context, a *app, args []string) error {
 	c := cmdBackup
 	fs, cf := a.newFlags(c)
-	pos, err := a.parse(c, fs, args)
+	arg, err := a.parseOne(c, fs, args)
 	if err != nil {
 		return err
 	}
-	if err := wantArgs(c, pos, 1); err != nil {
-		return err
-	}
-	dst, err := filepath.Abs(pos[0])
+	dst, err := filepath.Abs(arg)
 	if err != nil {
 		return err
 	}

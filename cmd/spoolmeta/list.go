@@ -114,17 +114,14 @@ func runList(ctx context.Context, a *app, args []string) error {
 func runShow(ctx context.Context, a *app, args []string) error {
 	c := cmdShow
 	fs, cf := a.newFlags(c)
-	pos, err := a.parse(c, fs, args)
+	id, err := a.parseOne(c, fs, args)
 	if err != nil {
 		return err
 	}
-	if err := wantArgs(c, pos, 1); err != nil {
-		return err
-	}
 	return withStore(ctx, c, cf, readOnly, func(s *store) error {
-		md, err := s.r.GetMeta(ctx, pos[0])
+		md, err := s.r.GetMeta(ctx, id)
 		if errors.Is(err, metastorage.ErrMessageNotFound) {
-			return fmt.Errorf("message %q: %w", pos[0], metastorage.ErrMessageNotFound)
+			return fmt.Errorf("message %q: %w", id, metastorage.ErrMessageNotFound)
 		}
 		if err != nil {
 			return err

@@ -307,17 +307,26 @@ func (a *app) parse(c *command, fs *flag.FlagSet, args []string) ([]string, erro
 	}
 }
 
+// parseOne parses the flags and the one argument of a command.
+func (a *app) parseOne(c *command, fs *flag.FlagSet, args []string) (string, error) {
+	pos, err := a.parse(c, fs, args)
+	if err != nil {
+		return "", err
+	}
+	if err := wantArgs(c, pos, 1); err != nil {
+		return "", err
+	}
+	return pos[0], nil
+}
+
 // parseState parses the flags and the one argument of a command that
 // names a state.
 func (a *app) parseState(c *command, fs *flag.FlagSet, args []string) (metastorage.QueueState, error) {
-	pos, err := a.parse(c, fs, args)
+	arg, err := a.parseOne(c, fs, args)
 	if err != nil {
 		return 0, err
 	}
-	if err := wantArgs(c, pos, 1); err != nil {
-		return 0, err
-	}
-	return parseState(c.name, pos[0])
+	return parseState(c.name, arg)
 }
 
 // wantArgs checks the number of positional arguments.
