@@ -93,8 +93,8 @@ func (r *Repository) UpdateMeta(ctx context.Context, messageID string, metadata 
 		return nil
 	}
 	if err == nil && n == 0 {
-		// Not found. (MySQL counts an UPDATE that changes nothing as
-		// zero rows, but every update sets a new stamp.)
+		// Not found, but for a stamp that happened to equal the row's
+		// (MySQL counts an UPDATE that changes nothing as zero rows).
 		err = r.ex.read(ctx, false, func(c conn) error {
 			if found, err := r.exists(c, messageID); err != nil || found {
 				return err
@@ -157,7 +157,8 @@ func (r *Repository) MoveToState(ctx context.Context, messageID string, fromStat
 	defer func() { err = c.end(err) }()
 	var n int64
 	if fromState != toState {
-		v, merr := r.settled(ctx, "MoveToState", one(messageID), func(stamp int64) (err error) {
+		var v verdict
+		v, err = r.settled(ctx, "MoveToState", one(messageID), func(stamp int64) (err error) {
 			args := []any{int(toState), time.Now().UnixNano(), stamp, messageID, int(fromState)}
 			if len(r.hooks) == 0 {
 				n, err = r.ex.exec(ctx, r.s.cas, args...)
@@ -173,7 +174,6 @@ func (r *Repository) MoveToState(ctx context.Context, messageID string, fromStat
 		if v == landed {
 			return nil
 		}
-		err = merr
 	}
 	if err == nil && n == 0 {
 		// Nothing moved: tell not found from conflict. A same-state
